@@ -1,0 +1,134 @@
+"""The error hierarchy every layer speaks: one stable machine code per failure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+
+class DatadlError(Exception):
+    """Root of every error datadl raises on purpose.
+
+    ``code`` is the stable machine-readable reason that API.md lists; ``hint`` tells a
+    person what to do next. ``retry_after`` (seconds) and ``resets_at`` are set where
+    waiting is the remedy. ``extra`` carries further fields a problem document may show.
+    """
+
+    code: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+    default_hint: ClassVar[str] = "Try again later; if it persists, report it with the request id."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        hint: str | None = None,
+        retry_after: int | None = None,
+        resets_at: datetime | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.message = message or self.title
+        self.hint = hint or self.default_hint
+        self.retry_after = retry_after
+        self.resets_at = resets_at
+        self.extra: dict[str, Any] = dict(extra or {})
+        super().__init__(self.message)
+
+
+class BadRequest(DatadlError):
+    """The request is malformed: a parameter out of range, a body that does not parse."""
+
+    code = "bad_request"
+    title = "Bad request"
+    default_hint = "Check the request against the API documentation."
+
+
+class InvalidCursor(BadRequest):
+    """A pagination cursor that was not issued by this server, or was altered."""
+
+    title = "Invalid cursor"
+    default_hint = "Start again from the first page without a cursor."
+
+
+class UnsupportedFormat(DatadlError):
+    """A file format datadl cannot read or write, or a file that is not what it claims."""
+
+    code = "unsupported_format"
+    title = "Unsupported format"
+    default_hint = "Use one of csv, tsv, json, jsonl, parquet or xlsx."
+
+
+class PayloadTooLarge(DatadlError):
+    """An upload larger than the configured maximum."""
+
+    code = "payload_too_large"
+    title = "Payload too large"
+    default_hint = "Split the file, or ask an operator to raise the upload limit."
+
+
+class RangeNotSatisfiable(DatadlError):
+    """No requested byte range overlaps the representation; ``size`` is its length."""
+
+    code = "range_not_satisfiable"
+    title = "Range not satisfiable"
+    default_hint = "Request a range inside the file; its size is in Content-Range."
+
+    def __init__(self, size: int, message: str | None = None) -> None:
+        super().__init__(message or f"No requested range lies within the {size} bytes.")
+        self.size = size
+
+
+# --- port errors: adapters translate driver and backend errors into these ---------------
+
+
+class PortError(DatadlError):
+    """Raised by an adapter behind a port; a service never sees a driver's own error."""
+
+
+class NotFound(PortError):
+    """The thing asked for does not exist, or the principal may not know that it does."""
+
+    code = "not_found"
+    title = "Not found"
+    default_hint = "Check the id; you may need to sign in or be granted access."
+
+
+class Conflict(PortError):
+    """The change clashes with the current state: a duplicate slug, a stale version."""
+
+    code = "conflict"
+    title = "Conflict"
+    default_hint = "Reload the resource and retry with a different value."
+
+
+class Unavailable(PortError):
+    """A backend (database, cache) cannot be reached or timed out; retrying may help."""
+
+    code = "unavailable"
+    title = "Service unavailable"
+    default_hint = "A backend is unreachable; retry in a few seconds."
+
+
+class StorageUnavailable(Unavailable):
+    """The blob store cannot be reached, or refused the operation."""
+
+    code = "storage_unavailable"
+    title = "Storage unavailable"
+    default_hint = "The file store is unreachable; retry in a few seconds."
+
+
+class FileMissing(PortError):
+    """The stored file of a dataset version is gone from storage."""
+
+    code = "file_missing"
+    title = "File missing"
+    default_hint = "The stored file is gone; ask the dataset owner to publish it again."
+
+
+class FileCorrupted(PortError):
+    """Stored bytes differ from what the catalog recorded (size or sha256)."""
+
+    code = "file_corrupted"
+    title = "File corrupted"
+    default_hint = "The stored file failed its integrity check; the owner has been flagged."
