@@ -132,3 +132,30 @@ class FileCorrupted(PortError):
     code = "file_corrupted"
     title = "File corrupted"
     default_hint = "The stored file failed its integrity check; the owner has been flagged."
+
+
+# --- download tokens --------------------------------------------------------------------
+
+
+class TokenInvalid(DatadlError):
+    """A download token that is malformed, altered, or signed by a key no longer trusted."""
+
+    code = "token_invalid"
+    title = "Invalid download token"
+    default_hint = "Ask for a new download token; this one cannot be used."
+
+
+class TokenExpired(DatadlError):
+    """A download token presented at or after the moment it expires."""
+
+    code = "token_expired"
+    title = "Download token expired"
+    default_hint = "Ask for a new download token; each one is valid only for a short time."
+
+
+class PreconditionFailed(DatadlError):
+    """A conditional request whose precondition (If-Match, If-Unmodified-Since) is false."""
+
+    code = "precondition_failed"
+    title = "Precondition failed"
+    default_hint = "Fetch the resource again to learn its current ETag."

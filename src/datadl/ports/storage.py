@@ -1,0 +1,71 @@
+"""The BlobStore port: where file bytes live."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+
+@attrs.frozen
+class StoredBlob:
+    """What a completed write stored: its key, size and SHA-256 (hex)."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@attrs.frozen
+class BlobStat:
+    """Facts a backend reports about a stored object."""
+
+    size: int
+    modified_at: datetime | None
+    etag: str | None = None
+
+
+class BlobStore(Protocol):
+    """Stores and streams file bytes under keys that datadl chooses, never a user.
+
+    Every method may raise ``StorageUnavailable`` when the backend cannot be reached.
+    """
+
+    async def write(
+        self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+    ) -> StoredBlob:
+        """Store the stream under ``key``, hashing it on the way; visible only once complete.
+
+        Raises ``PayloadTooLarge`` past ``max_bytes`` and leaves nothing under ``key``;
+        any other failure of the stream (an exception from ``chunks``) also leaves nothing.
+        """
+        ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)`` of ``key`` (``end`` None: to the end) in bounded chunks.
+
+        Raises ``FileMissing`` when the key does not exist.
+        """
+        ...
+
+    async def stat(self, key: str) -> BlobStat:
+        """Size, modification time and backend ETag of ``key``; ``FileMissing`` if absent."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds a complete object."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+        ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        """The keys that start with ``prefix``, complete objects only, in key order."""
+        ...
+
+    async def presigned_url(self, key: str, expires_in: int) -> str | None:
+        """A time-limited URL that serves ``key`` directly, or None if the backend has none."""
+        ...

@@ -1,0 +1,119 @@
+"""Helpers the use cases share: loading what a principal may see, and stream plumbing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from datetime import datetime
+
+from datadl.domain.access import Principal, can_administer, can_view
+from datadl.domain.decision import AuthRequired, Forbidden, NotVisible
+from datadl.domain.errors import NotFound
+from datadl.domain.model import Dataset, Grant, Scope
+from datadl.domain.policy import DownloadPolicy, effective_policy
+from datadl.domain.ratelimit import RateDecision, RateLimit, gcra, ratelimit_fields
+from datadl.ports.catalog import Catalog
+from datadl.ports.usage import UsageStore
+
+_CAS_ATTEMPTS = 8
+
+#: The policy of an organisation that never set one.
+DEFAULT_POLICY = DownloadPolicy()
+
+
+def require_scope(principal: Principal, scope: Scope) -> None:
+    """Refuse a credential that lacks ``scope``; says so before any lookup, leaking nothing."""
+    if not principal.has_scope(scope):
+        raise Forbidden(
+            f"This API key lacks the '{scope}' scope.",
+            hint=f"Create a key with the '{scope}' scope.",
+        )
+
+
+def require_user(principal: Principal) -> str:
+    """The principal's user id, or ``AuthRequired`` for an anonymous request."""
+    if principal.user_id is None:
+        raise AuthRequired(
+            "Sign in or send an API key.", hint="Send 'Authorization: Bearer <key>'."
+        )
+    return principal.user_id
+
+
+async def visible_dataset(
+    catalog: Catalog, principal: Principal, dataset_id: str, now: datetime
+) -> tuple[Dataset, Sequence[Grant]]:
+    """The dataset and its grants if the principal may see it; else the same ``not_found``
+    as for an id that does not exist."""
+    try:
+        dataset = await catalog.get_dataset(dataset_id)
+    except NotFound:
+        raise NotVisible("No such dataset.") from None
+    grants = await catalog.list_grants(dataset.id)
+    if not can_view(principal, dataset, grants, now):
+        raise NotVisible("No such dataset.")
+    return dataset, grants
+
+
+async def administered_dataset(
+    catalog: Catalog, principal: Principal, dataset_id: str, now: datetime
+) -> tuple[Dataset, Sequence[Grant]]:
+    """The dataset if the principal administers it; visible but not theirs is ``forbidden``."""
+    dataset, grants = await visible_dataset(catalog, principal, dataset_id, now)
+    if not can_administer(principal, dataset):
+        raise Forbidden(
+            "Only the dataset's owner or an organisation admin may do this.",
+            hint="Ask the owner or an admin of the organisation.",
+        )
+    return dataset, grants
+
+
+async def policy_for(catalog: Catalog, dataset: Dataset) -> DownloadPolicy:
+    """The effective policy of a dataset: its organisation's tightened by its own."""
+    base = await catalog.get_policy(dataset.organization_id) or DEFAULT_POLICY
+    return effective_policy(base, await catalog.get_dataset_policy(dataset.id))
+
+
+async def prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield ``head`` and then everything left in ``rest``."""
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
+async def read_head(stream: AsyncIterable[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes]]:
+    """Take at least ``size`` leading bytes (fewer if the stream ends) and the rest of it."""
+    iterator = aiter(stream)
+    parts: list[bytes] = []
+    taken = 0
+    while taken < size:
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
+            break
+        parts.append(chunk)
+        taken += len(chunk)
+    return b"".join(parts), iterator
+
+
+async def check_rate(
+    usage: UsageStore, limit: RateLimit | None, key: str, now: datetime
+) -> tuple[RateDecision | None, dict[str, str]]:
+    """Apply a GCRA limit to ``key``: the decision and its RateLimit header fields.
+
+    The state changes by compare-and-set, so concurrent workers never both take the
+    last slot; a key contended past a few retries counts as over its limit.
+    """
+    if limit is None:
+        return None, {}
+    moment = now.timestamp()
+    for _ in range(_CAS_ATTEMPTS):
+        tat = await usage.get_tat(key)
+        decision = gcra(limit, tat, moment)
+        if not decision.allowed or decision.new_tat is None:
+            return decision, ratelimit_fields(limit, decision)
+        expires = decision.new_tat + limit.per_seconds
+        if await usage.compare_and_set_tat(key, tat, decision.new_tat, expires_at=expires):
+            return decision, ratelimit_fields(limit, decision)
+    interval = limit.emission_interval
+    denied = RateDecision(False, None, limit.requests, 0, interval, interval)
+    return denied, ratelimit_fields(limit, denied)

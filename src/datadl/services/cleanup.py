@@ -1,0 +1,121 @@
+"""Housekeeping: expired usage state, tokens, old audit rows, deleted datasets, old versions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import attrs
+
+from datadl.domain.errors import NotFound
+from datadl.domain.model import Dataset
+from datadl.ports.audit import AuditLog
+from datadl.ports.catalog import Audience, Catalog, DatasetQuery
+from datadl.ports.clock import Clock
+from datadl.ports.storage import BlobStore
+from datadl.ports.usage import CleanupCounts, UsageStore
+from datadl.services._shared import DEFAULT_POLICY
+
+_WALK_PAGE = 200
+
+
+@attrs.frozen
+class CleanupReport:
+    """What one cleanup run removed."""
+
+    usage: CleanupCounts
+    tokens: int
+    audit_records: int
+    datasets: int
+    versions: int
+    files: int
+
+
+class CleanupService:
+    """Removes what has outlived its use; safe to run on any schedule and concurrently.
+
+    ``keep_versions`` is how many of a dataset's newest versions stay downloadable; older
+    ones lose their stored file (None keeps every version).
+    """
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        audit: AuditLog,
+        usage: UsageStore,
+        blobs: BlobStore,
+        clock: Clock,
+        keep_versions: int | None = 5,
+    ) -> None:
+        if keep_versions is not None and keep_versions < 1:
+            raise ValueError("keep_versions must keep at least the current version")
+        self._catalog = catalog
+        self._audit = audit
+        self._usage = usage
+        self._blobs = blobs
+        self._clock = clock
+        self._keep = keep_versions
+
+    async def run(self) -> CleanupReport:
+        """Run every cleanup step once and report what went."""
+        now = self._clock.now()
+        usage = await self._usage.cleanup(now)
+        tokens = await self._catalog.purge_tokens(now)
+        records = 0
+        for org in await self._catalog.list_organizations():
+            policy = await self._catalog.get_policy(org.id) or DEFAULT_POLICY
+            records += await self._audit.purge(
+                org.id, now - timedelta(days=policy.audit_retention_days)
+            )
+        for dataset_id, own in await self._catalog.list_dataset_policies():
+            if own.audit_retention_days is not None:
+                cutoff = now - timedelta(days=own.audit_retention_days)
+                records += await self._audit.purge_dataset(dataset_id, cutoff)
+        files = datasets = versions = 0
+        for dataset in await self._catalog.list_deleted_datasets():
+            for version in await self._catalog.list_versions(dataset.id):
+                if version.removed_at is None:
+                    await self._blobs.delete(version.file.storage_key)
+                    files += 1
+            await self._catalog.purge_dataset(dataset.id)
+            datasets += 1
+        if self._keep is not None:
+            removed, deleted_files = await self._trim_versions(now)
+            versions += removed
+            files += deleted_files
+        return CleanupReport(usage, tokens, records, datasets, versions, files)
+
+    async def _trim_versions(self, now: datetime) -> tuple[int, int]:
+        assert self._keep is not None
+        removed = 0
+        async for dataset in self._live_datasets():
+            live = [
+                v for v in await self._catalog.list_versions(dataset.id) if v.removed_at is None
+            ]
+            for version in live[: max(0, len(live) - self._keep)]:
+                if version.number == dataset.version:
+                    continue
+                # The catalogue first: a version marked removed is never served again, and
+                # a file left behind by a crash in between is only wasted space.
+                try:
+                    await self._catalog.update_version(attrs.evolve(version, removed_at=now))
+                except NotFound:
+                    continue
+                await self._blobs.delete(version.file.storage_key)
+                removed += 1
+        return removed, removed
+
+    async def _live_datasets(self) -> AsyncIterator[Dataset]:
+        orgs = frozenset(o.id for o in await self._catalog.list_organizations())
+        everyone = Audience(user_id=None, organization_ids=orgs, admin_organization_ids=orgs)
+        after = None
+        while True:
+            page = await self._catalog.list_datasets(
+                DatasetQuery(audience=everyone, limit=_WALK_PAGE, after=after)
+            )
+            for dataset in page:
+                yield dataset
+            if len(page) < _WALK_PAGE:
+                return
+            after = (page[-1].created_at, page[-1].id)

@@ -1,0 +1,703 @@
+"""The download use case: authorise, reserve, record, stream, settle."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+
+import attrs
+
+from datadl.domain import conditional, multipart
+from datadl.domain.access import CredentialKind, Principal, can_administer
+from datadl.domain.accounting import (
+    SESSION_IDLE_SECONDS,
+    Channel,
+    DownloadRecord,
+    DownloadStatus,
+    downloader_key,
+    session_key,
+)
+from datadl.domain.decision import Decision, DownloadRequest, decide, quota_denial, token_exhausted
+from datadl.domain.errors import (
+    DatadlError,
+    FileCorrupted,
+    NotFound,
+    PreconditionFailed,
+    RangeNotSatisfiable,
+    UnsupportedFormat,
+)
+from datadl.domain.model import EXPORT_FORMATS, ORIGINAL, Dataset, DatasetVersion
+from datadl.domain.policy import DownloadPolicy
+from datadl.domain.quotas import QuotaCharge, QuotaSubject, Reservation
+from datadl.domain.ranges import ByteRange, parse_range
+from datadl.domain.tokens import TokenClaims, check_expiry, read_token
+from datadl.ports.audit import AuditLog
+from datadl.ports.catalog import Catalog
+from datadl.ports.clock import Clock, Entropy, KeyRing
+from datadl.ports.storage import BlobStore
+from datadl.ports.usage import UsageStore
+from datadl.services._shared import check_rate, policy_for
+
+#: Progress is written to the audit log at most this often while bytes flow.
+PROGRESS_INTERVAL = timedelta(seconds=1)
+#: How long a reservation may stay unsettled before cleanup drops it.
+RESERVATION_TTL = timedelta(hours=24)
+
+
+@attrs.frozen
+class ClientInfo:
+    """Where a request came from, for the audit trail and anonymous accounting."""
+
+    address: str | None = None
+    user_agent: str | None = None
+    channel: Channel = Channel.EMBEDDED
+
+
+@attrs.frozen
+class DownloadAsk:
+    """A download request as a client states it, HTTP preconditions included.
+
+    ``head`` asks for the answer without the body: it is authorised like a download
+    but transfers nothing, so it reserves nothing and writes no record.
+    """
+
+    dataset_id: str
+    format: str = ORIGINAL
+    version: int | None = None
+    token: str | None = None
+    accept_terms: bool = False
+    range: str | None = None
+    if_range: str | None = None
+    if_match: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+    if_unmodified_since: str | None = None
+    head: bool = False
+    client: ClientInfo = ClientInfo()
+
+
+@attrs.frozen
+class Representation:
+    """The bytes a download serves: a stored object and the facts that describe it."""
+
+    key: str
+    size: int
+    sha256: str
+    media_type: str
+    filename: str
+    variant: str
+    verify: bool
+
+
+#: Resolves a converted format to its stored derivative; supplied by the table engine layer.
+Deriver = Callable[[Dataset, DatasetVersion, str], Awaitable[Representation]]
+
+
+def _filename_for(filename: str, extension: str) -> str:
+    stem = filename.rsplit(".", 1)[0] if "." in filename else filename
+    return f"{stem}.{extension}"
+
+
+class Download:
+    """An authorised download: the response facts, and a body that settles itself.
+
+    Iterate it for the body bytes, and always ``aclose()`` it (or use ``async with``):
+    closing before the end records an abort with the bytes actually sent and settles
+    the quota with them.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: DownloadService,
+        record: DownloadRecord | None,
+        dataset: Dataset,
+        version: DatasetVersion,
+        representation: Representation,
+        status: int,
+        ranges: tuple[ByteRange, ...] | None,
+        layout: multipart.MultipartLayout | None,
+        reservation: Reservation | None,
+        ratelimit_headers: dict[str, str],
+    ) -> None:
+        self._service = service
+        self._record = record
+        self.dataset = dataset
+        self.version = version
+        self.representation = representation
+        self.status = status
+        self.ranges = ranges
+        self.multipart = layout
+        self._reservation = reservation
+        self.ratelimit_headers = ratelimit_headers
+        self.bytes_sent = 0
+        self._finished = False
+        self._started = False
+        self._body_iter: AsyncIterator[bytes] | None = None
+
+    @property
+    def id(self) -> str | None:
+        """The DownloadRecord id (``X-Download-Id``); None for HEAD."""
+        return self._record.id if self._record else None
+
+    @property
+    def etag(self) -> str:
+        """The strong ETag of the representation."""
+        return conditional.make_etag(self.representation.sha256, self.representation.variant)
+
+    @property
+    def last_modified(self) -> datetime:
+        """When this version was published."""
+        return self.version.created_at
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type of the body (multipart framing included)."""
+        if self.multipart is not None:
+            return self.multipart.content_type
+        return self.representation.media_type
+
+    @property
+    def content_length(self) -> int:
+        """The exact length of the body this answer would carry (0 for 304)."""
+        if self.status == 304:
+            return 0
+        if self.multipart is not None:
+            return self.multipart.content_length
+        if self.ranges:
+            return self.ranges[0].length
+        return self.representation.size
+
+    @property
+    def content_range(self) -> str | None:
+        """The Content-Range of a single-range 206."""
+        if self.status == 206 and self.multipart is None and self.ranges:
+            return self.ranges[0].content_range(self.representation.size)
+        return None
+
+    @property
+    def repr_digest(self) -> str | None:
+        """The RFC 9530 ``Repr-Digest`` value, for the original format only."""
+        if self.representation.variant != ORIGINAL:
+            return None
+        raw = bytes.fromhex(self.representation.sha256)
+        return f"sha-256=:{base64.b64encode(raw).decode()}:"
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body_iter is None:
+            self._body_iter = self._body()
+        return self._body_iter
+
+    async def __aenter__(self) -> Download:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        if self._started:
+            raise RuntimeError("a download body can be iterated once")
+        self._started = True
+        if self._finished or self.status == 304:
+            return
+        blobs = self._service._blobs
+        rep = self.representation
+        verify = rep.verify and self.ranges is None
+        hasher = hashlib.sha256() if verify else None
+        pieces: Sequence[tuple[bytes, ByteRange | None]]
+        if self.multipart is not None:
+            pieces = self.multipart.parts
+        elif self.ranges:
+            pieces = [(b"", self.ranges[0])]
+        else:
+            pieces = [(b"", None)]
+        held = b""
+        try:
+            for frame, byte_range in pieces:
+                if frame:
+                    yield frame
+                start, end = (
+                    (0, None) if byte_range is None else (byte_range.start, byte_range.end + 1)
+                )
+                async for chunk in blobs.read(rep.key, start, end):
+                    if hasher is None:
+                        yield chunk
+                        await self._progress(len(chunk))
+                        continue
+                    # Hold one chunk back so a hash mismatch can still break the transfer.
+                    hasher.update(chunk)
+                    if held:
+                        yield held
+                        await self._progress(len(held))
+                    held = chunk
+            if hasher is not None:
+                if hasher.hexdigest() != rep.sha256:
+                    raise FileCorrupted(
+                        "The stored file does not match its recorded SHA-256.",
+                        extra={"reason": "sha256 mismatch while streaming"},
+                    )
+                if held:
+                    yield held
+                    await self._progress(len(held))
+            if self.multipart is not None:
+                yield self.multipart.closing
+        except (GeneratorExit, asyncio.CancelledError):
+            await asyncio.shield(self._finish(DownloadStatus.ABORTED))
+            raise
+        except DatadlError as exc:
+            await asyncio.shield(self._finish(DownloadStatus.FAILED, exc))
+            raise
+        except Exception as exc:
+            await asyncio.shield(self._finish(DownloadStatus.FAILED, exc))
+            raise
+        await self._finish(DownloadStatus.COMPLETED)
+
+    async def _progress(self, n: int) -> None:
+        self.bytes_sent += n
+        await self._service._progress(self)
+
+    async def _finish(self, status: DownloadStatus, error: BaseException | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        await self._service._settle(self, status, error)
+
+    async def aclose(self) -> None:
+        """Settle the download as aborted if its body was not read to the end."""
+        body = self._body_iter
+        if body is not None and hasattr(body, "aclose"):
+            await body.aclose()
+        await self._finish(DownloadStatus.ABORTED)
+
+    @property
+    def record(self) -> DownloadRecord | None:
+        """The record as it stands."""
+        return self._record
+
+
+class DownloadService:
+    """Authorises, accounts for and streams downloads; tracks their progress.
+
+    ``deriver`` resolves converted formats (the table engine layer supplies it); without
+    one only ``original`` is served.
+    """
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        blobs: BlobStore,
+        audit: AuditLog,
+        usage: UsageStore,
+        clock: Clock,
+        entropy: Entropy,
+        keys: KeyRing,
+        deriver: Deriver | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._blobs = blobs
+        self._audit = audit
+        self._usage = usage
+        self._clock = clock
+        self._entropy = entropy
+        self._keys = keys
+        self._deriver = deriver
+        self._active: dict[str, Download] = {}
+        self._last_progress: dict[str, datetime] = {}
+
+    # --- authorisation -------------------------------------------------------------------
+
+    async def _token_principal(self, claims: TokenClaims) -> Principal:
+        if claims.principal_id is None:
+            return Principal(user_id=None, credential=CredentialKind.TOKEN)
+        memberships = await self._catalog.memberships_of(claims.principal_id)
+        return Principal.for_user(claims.principal_id, memberships, credential=CredentialKind.TOKEN)
+
+    async def _representation(
+        self, dataset: Dataset, version: DatasetVersion, fmt: str
+    ) -> Representation:
+        file = version.file
+        if fmt == ORIGINAL or (fmt == file.format.value and self._deriver is None):
+            return Representation(
+                key=file.storage_key,
+                size=file.size_bytes,
+                sha256=file.sha256,
+                media_type=file.media_type,
+                filename=file.filename,
+                variant=ORIGINAL if fmt == ORIGINAL else fmt,
+                verify=True,
+            )
+        if self._deriver is None:
+            raise UnsupportedFormat(
+                f"This server cannot convert to {fmt}.",
+                hint="Download the original format, or ask an operator to enable conversion.",
+            )
+        return await self._deriver(dataset, version, fmt)
+
+    async def open(self, principal: Principal, ask: DownloadAsk) -> Download:
+        """Authorise a download and prepare its body.
+
+        Every refusal is recorded as a ``denied`` DownloadRecord and raised as the
+        domain error for its code (its ``extra`` holds RateLimit header fields where a
+        rate limit applies). An allowed request reserves its bytes on the quotas and is
+        recorded as ``started`` before the first byte; the returned ``Download`` settles
+        both when its body ends or is closed.
+        """
+        now = self._clock.now()
+        if ask.format not in EXPORT_FORMATS:
+            raise UnsupportedFormat(
+                f"Unknown download format {ask.format!r}.",
+                hint="Use one of: " + ", ".join(EXPORT_FORMATS) + ".",
+            )
+        claims: TokenClaims | None = None
+        token_error: DatadlError | None = None
+        if ask.token is not None:
+            try:
+                claims = read_token(ask.token, {k.key_id: k for k in self._keys.signing_keys()})
+                check_expiry(claims, now)
+                if await self._usage.is_revoked(claims.token_id):
+                    token_error = Decision.deny(
+                        "token_invalid",
+                        "The download token was revoked.",
+                        "Ask for a new download token.",
+                    ).error()
+            except DatadlError as exc:
+                token_error = exc
+            if token_error is None and claims is not None:
+                principal = await self._token_principal(claims)
+        dataset: Dataset | None
+        try:
+            dataset = await self._catalog.get_dataset(ask.dataset_id)
+        except NotFound:
+            dataset = None
+        downloader = downloader_key(principal.user_id, ask.client.address)
+        channel = Channel.TOKEN if ask.token is not None else ask.client.channel
+        context = {
+            "principal_id": principal.user_id,
+            "api_key_id": principal.api_key_id,
+            "token_id": claims.token_id if claims else None,
+            "client_address": ask.client.address,
+            "user_agent": ask.client.user_agent,
+            "byte_range": ask.range[:200] if ask.range else None,
+        }
+
+        async def refuse(error: DatadlError, version: int | None = None) -> DatadlError:
+            if dataset is not None and not ask.head:
+                await self._audit.append(
+                    DownloadRecord.denied(
+                        id=self._entropy.new_id(),
+                        dataset_id=dataset.id,
+                        organization_id=dataset.organization_id,
+                        format=ask.format,
+                        version=version,
+                        code=error.code,
+                        channel=channel,
+                        downloader=downloader,
+                        now=now,
+                        **context,
+                    )
+                )
+            return error
+
+        if token_error is not None:
+            raise await refuse(token_error)
+        grants = await self._catalog.list_grants(dataset.id) if dataset else ()
+        policy = await policy_for(self._catalog, dataset) if dataset else DownloadPolicy()
+        version: DatasetVersion | None = None
+        number = ask.version if ask.version is not None else (claims.version if claims else None)
+        if dataset is not None:
+            number = number if number is not None else dataset.version
+            try:
+                version = await self._catalog.get_version(dataset.id, number)
+            except NotFound:
+                version = None
+            if version is not None and version.removed_at is not None:
+                version = None
+        request = DownloadRequest(
+            format=ask.format,
+            version=number,
+            representation_bytes=None,
+            accepted_terms=ask.accept_terms,
+            token=claims,
+        )
+        # First the rules that need no file facts, so nothing about a hidden dataset leaks.
+        decision = decide(
+            principal=principal,
+            dataset=dataset,
+            grants=grants,
+            policy=policy,
+            request=request,
+            now=now,
+            version_exists=version is not None,
+        )
+        if not decision.allowed or dataset is None or version is None:
+            raise await refuse(decision.error(), number)
+        try:
+            rep = await self._representation(dataset, version, ask.format)
+        except DatadlError as exc:
+            raise await refuse(exc, number) from None
+        rate, rate_headers = await check_rate(
+            self._usage, policy.rate_limit, f"rate:{dataset.organization_id}:{downloader}", now
+        )
+        decision = decide(
+            principal=principal,
+            dataset=dataset,
+            grants=grants,
+            policy=policy,
+            request=attrs.evolve(request, representation_bytes=rep.size),
+            now=now,
+            rate=rate,
+        )
+        if not decision.allowed:
+            error = decision.error()
+            error.extra["ratelimit"] = rate_headers
+            raise await refuse(error, number)
+
+        etag = conditional.make_etag(rep.sha256, rep.variant)
+        outcome = conditional.evaluate_preconditions(
+            method="HEAD" if ask.head else "GET",
+            etag=etag,
+            last_modified=version.created_at,
+            if_match=ask.if_match,
+            if_none_match=ask.if_none_match,
+            if_modified_since=ask.if_modified_since,
+            if_unmodified_since=ask.if_unmodified_since,
+        )
+        if outcome is conditional.Outcome.PRECONDITION_FAILED:
+            raise await refuse(
+                PreconditionFailed("The representation has changed.", extra={"etag": etag}),
+                number,
+            )
+        ranges: tuple[ByteRange, ...] | None = None
+        if outcome is conditional.Outcome.PROCEED and conditional.if_range_allows(
+            ask.if_range, etag=etag, last_modified=version.created_at
+        ):
+            try:
+                ranges = parse_range(ask.range, rep.size)
+            except RangeNotSatisfiable as exc:
+                exc.extra["ratelimit"] = rate_headers
+                raise await refuse(exc, number) from None
+        layout = None
+        if ranges is not None and len(ranges) > 1:
+            layout = multipart.layout(
+                ranges,
+                size=rep.size,
+                content_type=rep.media_type,
+                boundary=f"datadl-{self._entropy.new_id()}",
+            )
+        status = 304 if outcome is conditional.Outcome.NOT_MODIFIED else (206 if ranges else 200)
+        download = Download(
+            service=self,
+            record=None,
+            dataset=dataset,
+            version=version,
+            representation=rep,
+            status=status,
+            ranges=ranges,
+            layout=layout,
+            reservation=None,
+            ratelimit_headers=rate_headers,
+        )
+        if ask.head:
+            download._finished = True
+            return download
+        if status == 304:
+            # Nothing leaves, so nothing is reserved; the attempt is still on record.
+            download._record = await self._start_record(
+                dataset, version, ask, channel, downloader, context, now, 0, None, False
+            )
+            await download._finish(DownloadStatus.COMPLETED)
+            return download
+        try:
+            await self._check_stored(dataset, rep)
+        except DatadlError as exc:
+            failed = await self._start_record(
+                dataset, version, ask, channel, downloader, context, now, 0, None, False
+            )
+            await self._audit.update(
+                failed.finished(DownloadStatus.FAILED, bytes_sent=0, now=now, reason=_reason(exc))
+            )
+            raise
+
+        key = session_key(
+            downloader=downloader,
+            dataset_id=dataset.id,
+            version=version.number,
+            format=ask.format,
+            token_id=claims.token_id if claims else None,
+        )
+        framing = sum(len(h) for h, _ in layout.parts) + len(layout.closing) if layout else 0
+        payload = download.content_length - framing
+        # A resume or another segment of the same logical download counts no new download
+        # against the quota, only its bytes.
+        logical = await self._usage.touch_session(key, now=now, idle_seconds=SESSION_IDLE_SECONDS)
+        reservation = None
+        charges = self._charges(principal, dataset, policy, downloader, now)
+        if charges:
+            reservation = Reservation(
+                id=self._entropy.new_id(),
+                charges=charges,
+                bytes=payload,
+                downloads=1 if logical else 0,
+                expires_at=now + RESERVATION_TTL,
+            )
+            reserved = await self._usage.reserve(reservation)
+            if not reserved.ok:
+                error = quota_denial(reserved, now).error()
+                error.extra["ratelimit"] = rate_headers
+                raise await refuse(error, number)
+        if claims is not None:
+            use = await self._usage.use_token(
+                claims.token_id,
+                key,
+                max_uses=claims.max_uses,
+                now=now,
+                idle_seconds=SESSION_IDLE_SECONDS,
+                expires_at=claims.expires_at,
+            )
+            if not use.allowed:
+                if reservation is not None:
+                    await self._usage.settle(reservation.id, 0)
+                raise await refuse(token_exhausted(claims.max_uses or 0).error(), number)
+        if logical:
+            await self._catalog.increment_download_count(dataset.id)
+        download._reservation = reservation
+        download._record = await self._start_record(
+            dataset, version, ask, channel, downloader, context, now, payload, key, logical
+        )
+        self._active[download._record.id] = download
+        return download
+
+    async def _start_record(
+        self,
+        dataset: Dataset,
+        version: DatasetVersion,
+        ask: DownloadAsk,
+        channel: Channel,
+        downloader: str,
+        context: dict[str, str | None],
+        now: datetime,
+        payload: int,
+        key: str | None,
+        logical: bool,
+    ) -> DownloadRecord:
+        record = DownloadRecord(
+            id=self._entropy.new_id(),
+            dataset_id=dataset.id,
+            organization_id=dataset.organization_id,
+            version=version.number,
+            format=ask.format,
+            status=DownloadStatus.STARTED,
+            channel=channel,
+            started_at=now,
+            downloader=downloader,
+            bytes_expected=payload,
+            session_key=key,
+            logical=logical,
+            **context,  # type: ignore[arg-type]
+        )
+        await self._audit.append(record)
+        return record
+
+    async def _check_stored(self, dataset: Dataset, rep: Representation) -> None:
+        """Refuse to serve a stored object whose size differs from the recorded one."""
+        stat = await self._blobs.stat(rep.key)
+        if stat.size != rep.size:
+            reason = f"stored size {stat.size} differs from the recorded {rep.size}"
+            await self._flag_corrupted(dataset.id, reason)
+            raise FileCorrupted(
+                "The stored file does not match the catalogue.", extra={"reason": reason}
+            )
+
+    def _charges(
+        self,
+        principal: Principal,
+        dataset: Dataset,
+        policy: DownloadPolicy,
+        downloader: str,
+        now: datetime,
+    ) -> tuple[QuotaCharge, ...]:
+        charges = []
+        org = dataset.organization_id
+        if policy.user_quota is not None and not policy.user_quota.unlimited:
+            charges.append(
+                QuotaCharge.for_subject(
+                    QuotaSubject.USER, downloader, policy.user_quota, now, organization_id=org
+                )
+            )
+        quota = policy.organization_quota
+        if quota is not None and not quota.unlimited:
+            charges.append(
+                QuotaCharge.for_subject(
+                    QuotaSubject.ORGANIZATION, org, quota, now, organization_id=org
+                )
+            )
+        return tuple(charges)
+
+    # --- progress and settlement ----------------------------------------------------------
+
+    async def _progress(self, download: Download) -> None:
+        record = download._record
+        if record is None:
+            return
+        now = self._clock.now()
+        last = self._last_progress.get(record.id)
+        if last is not None and now - last < PROGRESS_INTERVAL:
+            return
+        self._last_progress[record.id] = now
+        download._record = record.progressed(download.bytes_sent)
+        await self._audit.update(download._record)
+
+    async def _settle(
+        self, download: Download, status: DownloadStatus, error: BaseException | None
+    ) -> None:
+        record = download._record
+        if record is None:
+            return
+        self._active.pop(record.id, None)
+        self._last_progress.pop(record.id, None)
+        if download._reservation is not None:
+            await self._usage.settle(download._reservation.id, download.bytes_sent)
+        reason = _reason(error) if error is not None else None
+        download._record = record.finished(
+            status, bytes_sent=download.bytes_sent, now=self._clock.now(), reason=reason
+        )
+        await self._audit.update(download._record)
+        if isinstance(error, FileCorrupted):
+            await self._flag_corrupted(download.dataset.id, reason or "integrity check failed")
+
+    async def _flag_corrupted(self, dataset_id: str, reason: str) -> None:
+        dataset = await self._catalog.get_dataset(dataset_id)
+        await self._catalog.update_dataset(attrs.evolve(dataset, corrupted_reason=reason))
+
+    async def progress(self, principal: Principal, download_id: str) -> DownloadRecord:
+        """A download record with live progress.
+
+        Visible to the user who downloaded and to the dataset's administrators; a record
+        of an anonymous download is visible to whoever holds its (unguessable) id.
+        """
+        active = self._active.get(download_id)
+        if active is not None and active._record is not None:
+            record = attrs.evolve(active._record, bytes_sent=active.bytes_sent)
+        else:
+            record = await self._audit.get(download_id)
+        if record.principal_id is None or record.principal_id == principal.user_id:
+            return record
+        try:
+            dataset = await self._catalog.get_dataset(record.dataset_id)
+        except NotFound:
+            raise NotFound("No such download.") from None
+        if can_administer(principal, dataset):
+            return record
+        raise NotFound("No such download.")
+
+
+def _reason(error: BaseException) -> str:
+    """What the audit trail says about a failure: the code and, where known, why."""
+    if isinstance(error, DatadlError):
+        why = error.extra.get("reason")
+        return f"{error.code}: {why}" if why else error.code
+    return type(error).__name__
