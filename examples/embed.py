@@ -12,9 +12,9 @@ from pathlib import Path
 import datadl
 from datadl.domain.access import Principal
 from datadl.domain.model import Role, Visibility
+from datadl.samples import path as sample_path
 from datadl.services.datasets import DatasetFacts
 from datadl.services.downloads import ClientInfo, DownloadAsk
-from datadl.samples import path as sample_path
 
 
 async def read_file(path: Path, chunk_size: int = 64 * 1024) -> AsyncIterator[bytes]:
@@ -43,9 +43,12 @@ async def main() -> None:
         ),
         read_file(sample_path("penguins.csv")),
     )
-    print(f"published {dataset.slug}: {dataset.file.size_bytes} bytes, sha256 {dataset.file.sha256[:16]}…")
+    size, digest = dataset.file.size_bytes, dataset.file.sha256
+    print(f"published {dataset.slug}: {size} bytes, sha256 {digest[:16]}…")
 
-    issued = await app.tokens.issue(owner, dataset.id, format="original", expires_in=600, max_uses=1)
+    issued = await app.tokens.issue(
+        owner, dataset.id, format="original", expires_in=600, max_uses=1
+    )
     print(f"token {issued.claims.token_id} expires {issued.claims.expires_at:%Y-%m-%d %H:%M}Z")
 
     # Whoever holds the token needs no other credential: here an anonymous client.

@@ -67,8 +67,8 @@ class SystemEntropy:
     """Ids and secrets from the operating system's CSPRNG."""
 
     def new_id(self) -> str:
-        # 12 random bytes in base32 give 20 URL-safe lower-case characters.
-        return base64.b32encode(secrets.token_bytes(12)).decode().lower()
+        # 15 random bytes are 120 bits: 24 base32 characters, no padding, URL-safe.
+        return base64.b32encode(secrets.token_bytes(15)).decode().lower()
 
     def secret(self, nbytes: int) -> bytes:
         return secrets.token_bytes(nbytes)

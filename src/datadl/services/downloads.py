@@ -104,9 +104,9 @@ def _filename_for(filename: str, extension: str) -> str:
 class Download:
     """An authorised download: the response facts, and a body that settles itself.
 
-    Iterate it for the body bytes, and always ``aclose()`` it (or use ``async with``):
-    closing before the end records an abort with the bytes actually sent and settles
-    the quota with them.
+    Send the body with ``send(write)`` (a server does this) or iterate it, and always
+    ``aclose()`` it (or use ``async with``): closing before the end records an abort with
+    the bytes actually sent and settles the quota with them.
     """
 
     def __init__(
@@ -188,7 +188,7 @@ class Download:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._body_iter is None:
-            self._body_iter = self._body()
+            self._body_iter = self._iterate()
         return self._body_iter
 
     async def __aenter__(self) -> Download:
@@ -197,16 +197,16 @@ class Download:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _body(self) -> AsyncIterator[bytes]:
+    async def _produce(self) -> AsyncIterator[tuple[bytes, bool]]:
+        """The body as (bytes, is payload) pieces; multipart framing is not payload."""
         if self._started:
-            raise RuntimeError("a download body can be iterated once")
+            raise RuntimeError("a download body can be sent once")
         self._started = True
         if self._finished or self.status == 304:
             return
         blobs = self._service._blobs
         rep = self.representation
-        verify = rep.verify and self.ranges is None
-        hasher = hashlib.sha256() if verify else None
+        hasher = hashlib.sha256() if rep.verify and self.ranges is None else None
         pieces: Sequence[tuple[bytes, ByteRange | None]]
         if self.multipart is not None:
             pieces = self.multipart.parts
@@ -215,47 +215,70 @@ class Download:
         else:
             pieces = [(b"", None)]
         held = b""
-        try:
-            for frame, byte_range in pieces:
-                if frame:
-                    yield frame
-                start, end = (
-                    (0, None) if byte_range is None else (byte_range.start, byte_range.end + 1)
-                )
-                async for chunk in blobs.read(rep.key, start, end):
-                    if hasher is None:
-                        yield chunk
-                        await self._progress(len(chunk))
-                        continue
-                    # Hold one chunk back so a hash mismatch can still break the transfer.
-                    hasher.update(chunk)
-                    if held:
-                        yield held
-                        await self._progress(len(held))
-                    held = chunk
-            if hasher is not None:
-                if hasher.hexdigest() != rep.sha256:
-                    raise FileCorrupted(
-                        "The stored file does not match its recorded SHA-256.",
-                        extra={"reason": "sha256 mismatch while streaming"},
-                    )
+        for frame, byte_range in pieces:
+            if frame:
+                yield frame, False
+            start, end = (0, None) if byte_range is None else (byte_range.start, byte_range.end + 1)
+            async for chunk in blobs.read(rep.key, start, end):
+                if hasher is None:
+                    yield chunk, True
+                    continue
+                # Hold one chunk back so that a hash mismatch can still break the transfer.
+                hasher.update(chunk)
                 if held:
-                    yield held
-                    await self._progress(len(held))
-            if self.multipart is not None:
-                yield self.multipart.closing
+                    yield held, True
+                held = chunk
+        if hasher is not None:
+            if hasher.hexdigest() != rep.sha256:
+                raise FileCorrupted(
+                    "The stored file does not match its recorded SHA-256.",
+                    extra={"reason": "sha256 mismatch while streaming"},
+                )
+            if held:
+                yield held, True
+        if self.multipart is not None:
+            yield self.multipart.closing, False
+
+    async def send(self, write: Callable[[bytes], Awaitable[object]]) -> None:
+        """Write the body through ``write``, counting each chunk once ``write`` returns.
+
+        An error raised by ``write`` (the client went away) records an abort with the
+        bytes written so far; a storage or integrity error records a failure and is
+        raised, so the caller can break the transfer instead of ending it cleanly.
+        """
+        client_gone = False
+        try:
+            async for piece, payload in self._produce():
+                try:
+                    await write(piece)
+                except BaseException:
+                    client_gone = True
+                    raise
+                if payload:
+                    await self._count(len(piece))
+        except BaseException as exc:
+            aborted = client_gone or isinstance(exc, asyncio.CancelledError)
+            status = DownloadStatus.ABORTED if aborted else DownloadStatus.FAILED
+            await asyncio.shield(self._finish(status, None if aborted else exc))
+            raise
+        await self._finish(DownloadStatus.COMPLETED)
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        # Bytes count as sent when handed over: the consumer has them once it resumes us.
+        try:
+            async for piece, payload in self._produce():
+                if payload:
+                    await self._count(len(piece))
+                yield piece
         except (GeneratorExit, asyncio.CancelledError):
             await asyncio.shield(self._finish(DownloadStatus.ABORTED))
-            raise
-        except DatadlError as exc:
-            await asyncio.shield(self._finish(DownloadStatus.FAILED, exc))
             raise
         except Exception as exc:
             await asyncio.shield(self._finish(DownloadStatus.FAILED, exc))
             raise
         await self._finish(DownloadStatus.COMPLETED)
 
-    async def _progress(self, n: int) -> None:
+    async def _count(self, n: int) -> None:
         self.bytes_sent += n
         await self._service._progress(self)
 
@@ -266,7 +289,7 @@ class Download:
         await self._service._settle(self, status, error)
 
     async def aclose(self) -> None:
-        """Settle the download as aborted if its body was not read to the end."""
+        """Settle the download as aborted if its body was not sent to the end."""
         body = self._body_iter
         if body is not None and hasattr(body, "aclose"):
             await body.aclose()
