@@ -76,8 +76,14 @@ class AccountService:
         await self._catalog.add_user(user)
         return user
 
-    async def add_member(self, organization: str, user: str, role: Role = Role.MEMBER) -> None:
+    async def add_member(
+        self, organization: str, user: str, role: Role | str = Role.MEMBER
+    ) -> None:
         """Make a user (id or name) a member of an organisation (id or slug) with ``role``."""
+        try:
+            role = Role(role)
+        except ValueError:
+            raise BadRequest(f"Unknown role {role!r}.", hint="Use member or admin.") from None
         org = await self._catalog.get_organization(organization)
         member = await self._catalog.get_user(user)
         await self._catalog.set_membership(org.id, member.id, role)
