@@ -23,7 +23,7 @@ class IssuedKey:
 
 
 def issue_key(key_id: str, secret: bytes) -> IssuedKey:
-    """Build a key from an id and at least 32 random bytes supplied by the caller.
+    """Build a key from an id and 32 to 96 random bytes supplied by the caller.
 
     The id is embedded in the key so a lookup needs no scan; only a SHA-256 hash of the
     secret part is stored. Keys carry 256 bits of entropy, so a fast hash is enough:
@@ -33,6 +33,9 @@ def issue_key(key_id: str, secret: bytes) -> IssuedKey:
         raise ValueError("key ids are 8 to 32 ASCII letters and digits")
     if len(secret) < 32:
         raise ValueError("an API key secret needs at least 32 random bytes")
+    if len(secret) > 96:
+        # 96 bytes make the 128 base64url characters that split_key accepts at most.
+        raise ValueError("an API key secret takes at most 96 bytes")
     text = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
     return IssuedKey(key_id, f"{PREFIX}_{key_id}_{text}", hash_secret(text))
 
@@ -44,7 +47,7 @@ def hash_secret(secret_text: str) -> str:
 
 def split_key(plaintext: str) -> tuple[str, str] | None:
     """The (key id, secret part) of a presented key, or None if it is not one of ours."""
-    match = _KEY.match(plaintext)
+    match = _KEY.fullmatch(plaintext)
     if match is None:
         return None
     return match.group(1), match.group(2)

@@ -92,4 +92,7 @@ def resolve_format(*, declared: FileFormat | None, filename: str | None, head: b
             f"The file was declared as {claimed} but its content looks like {sniffed}.",
             hint="Declare the right format, or upload the file that matches it.",
         )
+    if declared is None and sniffed is FileFormat.TSV:
+        # A filename alone does not outweigh tabs in the content; an explicit declaration does.
+        return sniffed
     return claimed

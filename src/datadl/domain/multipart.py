@@ -10,6 +10,7 @@ import attrs
 from datadl.domain.ranges import ByteRange
 
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=?-]{1,70}$")
+_TOKEN = re.compile(r"[0-9A-Za-z'+_.-]+")
 
 
 @attrs.frozen
@@ -23,7 +24,9 @@ class MultipartLayout:
     @property
     def content_type(self) -> str:
         """The Content-Type of the whole body."""
-        return f"multipart/byteranges; boundary={self.boundary}"
+        # Boundary characters such as "/" or ":" are not token characters: quote them.
+        boundary = self.boundary if _TOKEN.fullmatch(self.boundary) else f'"{self.boundary}"'
+        return f"multipart/byteranges; boundary={boundary}"
 
     @property
     def content_length(self) -> int:
@@ -35,7 +38,7 @@ def layout(
     ranges: Sequence[ByteRange], *, size: int, content_type: str, boundary: str
 ) -> MultipartLayout:
     """Lay out a multipart/byteranges body for ``ranges`` of a ``size``-byte representation."""
-    if not _BOUNDARY.match(boundary):
+    if not _BOUNDARY.fullmatch(boundary):
         raise ValueError("invalid multipart boundary")
     parts = []
     for index, byte_range in enumerate(ranges):

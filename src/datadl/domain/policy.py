@@ -39,6 +39,14 @@ def _optional_positive(_inst: object, attr: attrs.Attribute[int | None], value: 
         raise ValueError(f"{attr.name} must not be negative")
 
 
+def _optional_above_zero(
+    _inst: object, attr: attrs.Attribute[int | None], value: int | None
+) -> None:
+    # DownloadPolicy refuses zero here, so an override holding zero would break every download.
+    if value is not None and value <= 0:
+        raise ValueError(f"{attr.name} must be positive")
+
+
 @attrs.frozen
 class QuotaLimit:
     """Bytes and downloads allowed per window; ``None`` means no cap on that measure."""
@@ -109,12 +117,12 @@ class PolicyOverride:
     max_download_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
     allow_anonymous: bool | None = None
     require_token: bool | None = None
-    token_max_ttl_seconds: int | None = attrs.field(default=None, validator=_optional_positive)
+    token_max_ttl_seconds: int | None = attrs.field(default=None, validator=_optional_above_zero)
     terms: str | None = None
     rate_limit: RateLimit | None = None
     user_quota: QuotaLimit | None = None
     organization_quota: QuotaLimit | None = None
-    audit_retention_days: int | None = attrs.field(default=None, validator=_optional_positive)
+    audit_retention_days: int | None = attrs.field(default=None, validator=_optional_above_zero)
 
 
 def _min_optional(a: int | None, b: int | None) -> int | None:
