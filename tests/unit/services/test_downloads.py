@@ -388,3 +388,41 @@ async def test_send_completes_and_excludes_multipart_framing(world: World) -> No
     assert len(out) == download.content_length
     record = await world.app.audit_log.get(download.id or "")
     assert (record.status, record.bytes_sent) == (DownloadStatus.COMPLETED, 10)
+
+
+async def test_publish_list_download_history_and_analytics_agree(world: World) -> None:
+    """After a full, a ranged, an aborted and a denied download, the trail says exactly that."""
+    dataset = await publish(world, title="Rows", tags=("demo",))
+    listed = await world.app.datasets.list(world.member, tag="demo")
+    assert [d.id for d in listed.items] == [dataset.id]
+    await fetch(world, world.member, DownloadAsk(dataset.id))
+    world.clock.advance(1)
+    await fetch(world, world.admin, DownloadAsk(dataset.id, range="bytes=0-9"))
+    world.clock.advance(1)
+    aborted = await world.app.downloads.open(world.owner, DownloadAsk(dataset.id))
+    iterator = aiter(aborted)
+    first = await anext(iterator)
+    await aborted.aclose()
+    world.clock.advance(1)
+    await code_of(world, world.outsider, DownloadAsk(dataset.id))
+
+    page = await world.app.audit.history(world.owner, dataset.id)
+    assert [(r.status, r.bytes_sent) for r in page.items] == [
+        (DownloadStatus.DENIED, 0),
+        (DownloadStatus.ABORTED, len(first)),
+        (DownloadStatus.COMPLETED, 10),
+        (DownloadStatus.COMPLETED, len(ROWS)),
+    ]
+    stats = await world.app.audit.analytics(world.owner, dataset.id, days=7)
+    assert (stats.downloads, stats.requests, stats.unique_downloaders) == (3, 3, 3)
+    assert (stats.completed, stats.aborted, stats.denials) == (2, 1, 1)
+    assert stats.bytes == len(ROWS) + 10 + len(first)
+    assert stats.denials_by_code == {"not_found": 1}
+    assert stats.per_format == {"original": 3}
+    assert len(stats.per_day) == 7
+    assert stats.per_day[-1].requests == 3
+    assert stats.top_downloaders[0].bytes == len(ROWS)
+    failed_only = await world.app.audit.history(
+        world.owner, dataset.id, status=DownloadStatus.DENIED
+    )
+    assert len(failed_only.items) == 1
