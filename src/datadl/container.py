@@ -1,10 +1,12 @@
 """The composition root: adapters chosen from configuration URLs, wired into the services.
 
-Only entrypoints and tests use this module; the core never imports it.
+Only entrypoints and tests use this module; the core never imports it. Adapter modules
+with optional dependencies (asyncpg, redis) are imported only when their URL is chosen.
 """
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from dependency_injector import containers, providers
@@ -20,10 +22,11 @@ from datadl.adapters.system import StaticKeyRing, SystemClock, SystemEntropy
 from datadl.wiring import bootstrap
 
 #: Configuration of a process that keeps everything in memory.
-MEMORY_DEFAULTS = {
+MEMORY_DEFAULTS: dict[str, Any] = {
     "database_url": "memory://",
+    "database_schema": None,
     "storage_url": "memory://",
-    "cache_url": "memory://",
+    "cache_url": None,
     "usage_url": None,
     "max_upload_bytes": None,
     "keep_versions": 5,
@@ -37,14 +40,33 @@ def scheme(url: str | None) -> str:
     found = urlsplit(url).scheme.split("+", 1)[0]
     if not found:
         raise ValueError(f"not a URL: {url!r}")
-    return found
+    return "postgresql" if found == "postgres" else found
+
+
+def _sql_database(url: str, schema: str | None) -> Any:
+    from datadl.adapters.sql import SqlDatabase
+
+    return SqlDatabase.from_url(url, schema=schema)
+
+
+def _sql(kind: str, db: Any) -> Any:
+    from datadl.adapters import sql
+
+    return getattr(sql, kind)(db)
+
+
+def _redis(kind: str, url: str) -> Any:
+    from datadl.adapters import redis
+
+    return getattr(redis, kind).from_url(url)
 
 
 class Container(containers.DeclarativeContainer):
     """Adapters by URL scheme, and the service facade built over them.
 
-    ``usage_url`` defaults to the database: the hot counters live where the catalogue
-    lives unless pointed at a faster store.
+    The usage store (rate limits, quotas, token uses) lives in the database unless
+    ``usage_url`` points at Redis; the cache is in process unless ``cache_url`` says
+    otherwise.
     """
 
     config = providers.Configuration(default=MEMORY_DEFAULTS)
@@ -53,21 +75,38 @@ class Container(containers.DeclarativeContainer):
     entropy = providers.Singleton(SystemEntropy)
     keys = providers.Singleton(StaticKeyRing.generate)
 
+    database = providers.Singleton(_sql_database, config.database_url, config.database_schema)
+    _database_kind = providers.Callable(scheme, config.database_url)
+
     catalog = providers.Selector(
-        providers.Callable(scheme, config.database_url),
+        _database_kind,
         memory=providers.Singleton(MemoryCatalog),
+        sqlite=providers.Singleton(_sql, "SqlCatalog", database),
+        postgresql=providers.Singleton(_sql, "SqlCatalog", database),
     )
     audit_log = providers.Selector(
-        providers.Callable(scheme, config.database_url),
+        _database_kind,
         memory=providers.Singleton(MemoryAuditLog),
+        sqlite=providers.Singleton(_sql, "SqlAuditLog", database),
+        postgresql=providers.Singleton(_sql, "SqlAuditLog", database),
     )
     usage = providers.Selector(
-        providers.Callable(lambda u, d: scheme(u or d), config.usage_url, config.database_url),
+        providers.Callable(
+            lambda usage_url, db_url: scheme(usage_url or db_url),
+            config.usage_url,
+            config.database_url,
+        ),
         memory=providers.Singleton(MemoryUsageStore),
+        sqlite=providers.Singleton(_sql, "SqlUsageStore", database),
+        postgresql=providers.Singleton(_sql, "SqlUsageStore", database),
+        redis=providers.Singleton(_redis, "RedisUsageStore", config.usage_url),
     )
     cache = providers.Selector(
         providers.Callable(scheme, config.cache_url),
         memory=providers.Singleton(MemoryCache),
+        sqlite=providers.Singleton(_sql, "SqlCache", database),
+        postgresql=providers.Singleton(_sql, "SqlCache", database),
+        redis=providers.Singleton(_redis, "RedisCache", config.cache_url),
     )
     blobs = providers.Selector(
         providers.Callable(scheme, config.storage_url),

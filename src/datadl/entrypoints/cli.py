@@ -1,0 +1,93 @@
+"""The ``datadl`` command: database migrations and housekeeping jobs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from datadl.entrypoints.config import ConfigError, Settings
+
+
+class SchemaBehind(RuntimeError):
+    """The database schema is older than this version of datadl expects."""
+
+
+async def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from datadl.adapters.sql import SqlDatabase
+
+    return SqlDatabase.from_url(settings.effective_database_url, schema=settings.database_schema)
+
+
+async def ensure_schema_current(settings: Settings) -> None:
+    """Refuse to run against a database whose schema is behind; say how to fix it."""
+    db = await _database(settings)
+    try:
+        if not await db.is_current():
+            current = await db.current()
+            raise SchemaBehind(
+                f"the database schema is at {current or 'nothing'} but this datadl needs "
+                f"{await db.head()}; run 'datadl db upgrade' first"
+            )
+    finally:
+        await db.dispose()
+
+
+async def _db_upgrade(settings: Settings) -> int:
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = await _database(settings)
+    try:
+        before = await db.current()
+        await db.upgrade()
+        after = await db.current()
+    finally:
+        await db.dispose()
+    print(f"database upgraded: {before or 'empty'} -> {after}")
+    return 0
+
+
+async def _db_current(settings: Settings) -> int:
+    db = await _database(settings)
+    try:
+        current, head = await db.current(), await db.head()
+    finally:
+        await db.dispose()
+    state = "up to date" if current == head else f"behind (head is {head})"
+    print(f"{current or 'empty'}: {state}")
+    return 0 if current == head else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datadl", description=__doc__)
+    parser.add_argument("--config", type=Path, help="a TOML file with a [datadl] table")
+    parser.add_argument("--data-dir", type=Path, help="where embedded defaults keep their files")
+    parser.add_argument("--database-url", help="sqlite:///file.db or postgresql://user@host/db")
+    commands = parser.add_subparsers(dest="command", required=True)
+    db = commands.add_parser("db", help="database schema migrations")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="migrate the schema to this version's head")
+    db_commands.add_parser("current", help="show the schema revision; exit 1 if behind")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.load(
+            file=args.config, data_dir=args.data_dir, database_url=args.database_url
+        )
+    except ConfigError as exc:
+        print(f"datadl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "db":
+        runner = _db_upgrade if args.db_command == "upgrade" else _db_current
+        return asyncio.run(runner(settings))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

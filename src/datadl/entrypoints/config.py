@@ -1,0 +1,107 @@
+"""Settings from a TOML file and DATADL_* environment variables (the environment wins)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from datadl.domain.tokens import SigningKey
+
+ENV_PREFIX = "DATADL_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _keys(text: str) -> tuple[SigningKey, ...]:
+    keys = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key_id, sep, secret = item.partition(":")
+        if not sep:
+            raise ConfigError(
+                "signing_keys must be 'id:base64secret[,id:base64secret...]', oldest first"
+            )
+        try:
+            raw = base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))
+            keys.append(SigningKey(key_id, raw))
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError(f"signing key {key_id!r} is not valid: {exc}") from None
+    return tuple(keys)
+
+
+@attrs.frozen
+class Settings:
+    """Everything a datadl process is configured with.
+
+    URLs pick adapters: ``sqlite:///file.db`` or ``postgresql://user@host/db`` for the
+    database, ``redis://host:6379/0`` for the hot counters and the cache (they default to
+    the database and to memory). Secrets are never given defaults here.
+    """
+
+    data_dir: Path = Path("./datadl-data")
+    database_url: str | None = None
+    database_schema: str | None = None
+    storage_url: str | None = None
+    usage_url: str | None = None
+    cache_url: str | None = None
+    signing_keys: tuple[SigningKey, ...] = ()
+    cursor_key: bytes | None = attrs.field(default=None, repr=False)
+    max_upload_bytes: int | None = None
+    keep_versions: int | None = 5
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'datadl.db'}"
+
+    @classmethod
+    def load(
+        cls, *, file: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Read the file (if any), then the environment, then explicit overrides."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            try:
+                values.update(tomllib.loads(file.read_text(encoding="utf-8")).get("datadl", {}))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read configuration file {file}: {exc}") from None
+        env = os.environ if environ is None else environ
+        for field in attrs.fields(cls):
+            name = ENV_PREFIX + field.name.upper()
+            if name in env:
+                values[field.name] = env[name]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls._parse(values)
+
+    @classmethod
+    def _parse(cls, values: dict[str, Any]) -> Settings:
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        parsed: dict[str, Any] = dict(values)
+        if "data_dir" in parsed:
+            parsed["data_dir"] = Path(parsed["data_dir"])
+        if isinstance(parsed.get("signing_keys"), str):
+            parsed["signing_keys"] = _keys(parsed["signing_keys"])
+        if isinstance(parsed.get("cursor_key"), str):
+            text = parsed["cursor_key"]
+            try:
+                parsed["cursor_key"] = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            except binascii.Error:
+                raise ConfigError("cursor_key must be base64") from None
+        for name in ("max_upload_bytes", "keep_versions"):
+            if isinstance(parsed.get(name), str):
+                try:
+                    parsed[name] = int(parsed[name])
+                except ValueError:
+                    raise ConfigError(f"{name} must be an integer") from None
+        return cls(**parsed)
