@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import datetime
 
@@ -14,7 +15,7 @@ from datadl.domain.ratelimit import RateDecision, RateLimit, gcra, ratelimit_fie
 from datadl.ports.catalog import Catalog
 from datadl.ports.usage import UsageStore
 
-_CAS_ATTEMPTS = 8
+_CAS_ATTEMPTS = 64
 
 #: The policy of an organisation that never set one.
 DEFAULT_POLICY = DownloadPolicy()
@@ -101,12 +102,16 @@ async def check_rate(
     """Apply a GCRA limit to ``key``: the decision and its RateLimit header fields.
 
     The state changes by compare-and-set, so concurrent workers never both take the
-    last slot; a key contended past a few retries counts as over its limit.
+    last slot; a key still contended after many retries counts as over its limit.
     """
     if limit is None:
         return None, {}
     moment = now.timestamp()
-    for _ in range(_CAS_ATTEMPTS):
+    for attempt in range(_CAS_ATTEMPTS):
+        if attempt:
+            # Another worker changed the state between our read and write: back off a
+            # little so a crowd of contenders spreads out instead of colliding again.
+            await asyncio.sleep(min(0.02, 0.0005 * attempt))
         tat = await usage.get_tat(key)
         decision = gcra(limit, tat, moment)
         if not decision.allowed or decision.new_tat is None:
