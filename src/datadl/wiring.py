@@ -18,6 +18,7 @@ from datadl.services.audit import AuditService
 from datadl.services.cleanup import CleanupService
 from datadl.services.datasets import DatasetService
 from datadl.services.downloads import Deriver, DownloadService
+from datadl.services.integrity import IntegrityService
 from datadl.services.tokens import TokenService
 
 
@@ -36,6 +37,7 @@ class Datadl:
     tokens: TokenService
     audit: AuditService
     cleanup: CleanupService
+    integrity: IntegrityService
     catalog: Catalog
     blobs: BlobStore
     audit_log: AuditLog
@@ -106,6 +108,7 @@ def bootstrap(
             clock=clock,
             keep_versions=keep_versions,
         ),
+        integrity=IntegrityService(catalog=catalog, blobs=blobs),
         catalog=catalog,
         blobs=blobs,
         audit_log=audit_log,

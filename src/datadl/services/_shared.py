@@ -12,10 +12,11 @@ from datadl.domain.errors import NotFound
 from datadl.domain.model import Dataset, Grant, Scope
 from datadl.domain.policy import DownloadPolicy, effective_policy
 from datadl.domain.ratelimit import RateDecision, RateLimit, gcra, ratelimit_fields
-from datadl.ports.catalog import Catalog
+from datadl.ports.catalog import Audience, Catalog, DatasetQuery
 from datadl.ports.usage import UsageStore
 
 _CAS_ATTEMPTS = 64
+_WALK_PAGE = 200
 
 #: The policy of an organisation that never set one.
 DEFAULT_POLICY = DownloadPolicy()
@@ -122,3 +123,19 @@ async def check_rate(
     interval = limit.emission_interval
     denied = RateDecision(False, None, limit.requests, 0, interval, interval)
     return denied, ratelimit_fields(limit, denied)
+
+
+async def live_datasets(catalog: Catalog) -> AsyncIterator[Dataset]:
+    """Every dataset that is not deleted, page by page, for jobs that visit them all."""
+    orgs = frozenset(o.id for o in await catalog.list_organizations())
+    everyone = Audience(user_id=None, organization_ids=orgs, admin_organization_ids=orgs)
+    after = None
+    while True:
+        page = await catalog.list_datasets(
+            DatasetQuery(audience=everyone, limit=_WALK_PAGE, after=after)
+        )
+        for dataset in page:
+            yield dataset
+        if len(page) < _WALK_PAGE:
+            return
+        after = (page[-1].created_at, page[-1].id)

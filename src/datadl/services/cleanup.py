@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import attrs
 
 from datadl.domain.errors import NotFound
-from datadl.domain.model import Dataset
 from datadl.ports.audit import AuditLog
-from datadl.ports.catalog import Audience, Catalog, DatasetQuery
+from datadl.ports.catalog import Catalog
 from datadl.ports.clock import Clock
 from datadl.ports.storage import BlobStore
 from datadl.ports.usage import CleanupCounts, UsageStore
-from datadl.services._shared import DEFAULT_POLICY
-
-_WALK_PAGE = 200
+from datadl.services._shared import DEFAULT_POLICY, live_datasets
 
 
 @attrs.frozen
@@ -89,7 +85,7 @@ class CleanupService:
     async def _trim_versions(self, now: datetime) -> tuple[int, int]:
         assert self._keep is not None
         removed = 0
-        async for dataset in self._live_datasets():
+        async for dataset in live_datasets(self._catalog):
             live = [
                 v for v in await self._catalog.list_versions(dataset.id) if v.removed_at is None
             ]
@@ -105,17 +101,3 @@ class CleanupService:
                 await self._blobs.delete(version.file.storage_key)
                 removed += 1
         return removed, removed
-
-    async def _live_datasets(self) -> AsyncIterator[Dataset]:
-        orgs = frozenset(o.id for o in await self._catalog.list_organizations())
-        everyone = Audience(user_id=None, organization_ids=orgs, admin_organization_ids=orgs)
-        after = None
-        while True:
-            page = await self._catalog.list_datasets(
-                DatasetQuery(audience=everyone, limit=_WALK_PAGE, after=after)
-            )
-            for dataset in page:
-                yield dataset
-            if len(page) < _WALK_PAGE:
-                return
-            after = (page[-1].created_at, page[-1].id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from datadl.domain.errors import (
     NotFound,
     PreconditionFailed,
     RangeNotSatisfiable,
+    Unavailable,
     UnsupportedFormat,
 )
 from datadl.domain.model import EXPORT_FORMATS, ORIGINAL, Dataset, DatasetVersion
@@ -567,7 +569,14 @@ class DownloadService:
                 downloads=1 if logical else 0,
                 expires_at=now + RESERVATION_TTL,
             )
-            reserved = await self._usage.reserve(reservation)
+            try:
+                reserved = await self._usage.reserve(reservation)
+            except Unavailable:
+                # The store may have applied the reservation before the reply was lost;
+                # settling it with nothing sent undoes it if it did, and is a no-op if not.
+                with contextlib.suppress(Unavailable):
+                    await self._usage.settle(reservation.id, 0)
+                raise
             if not reserved.ok:
                 error = quota_denial(reserved, now).error()
                 error.extra["ratelimit"] = rate_headers
