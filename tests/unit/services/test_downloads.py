@@ -426,3 +426,34 @@ async def test_publish_list_download_history_and_analytics_agree(world: World) -
         world.owner, dataset.id, status=DownloadStatus.DENIED
     )
     assert len(failed_only.items) == 1
+
+
+async def test_a_reservation_whose_reply_was_lost_is_undone(world: World) -> None:
+    """If the store applied a reservation but its answer was lost, nothing stays charged."""
+    import datadl
+    from datadl.adapters.memory import MemoryUsageStore
+    from datadl.domain.errors import Unavailable
+    from datadl.domain.quotas import Reservation, ReserveOutcome
+
+    class LossyUsage(MemoryUsageStore):
+        async def reserve(self, reservation: Reservation) -> ReserveOutcome:
+            await super().reserve(reservation)
+            raise Unavailable("reply lost")
+
+    usage = LossyUsage()
+    app = datadl.bootstrap(
+        catalog=world.app.catalog,
+        blobs=world.app.blobs,
+        audit_log=world.app.audit_log,
+        usage=usage,
+        clock=world.clock,
+        keys=world.app.keys,
+    )
+    dataset = await publish(world)
+    await app.datasets.set_organization_policy(
+        world.admin, "acme", DownloadPolicy(user_quota=QuotaLimit(bytes=10 * len(ROWS)))
+    )
+    with pytest.raises(Unavailable):
+        await app.downloads.open(world.member, DownloadAsk(dataset.id))
+    (status,) = await app.audit.quota(world.member)
+    assert status.used.bytes == 0
