@@ -56,9 +56,9 @@ def _sql(kind: str, db: Any) -> Any:
 
 
 def _redis(kind: str, url: str) -> Any:
-    from datadl.adapters import redis
+    import datadl.adapters.redis as redis_adapters
 
-    return getattr(redis, kind).from_url(url)
+    return getattr(redis_adapters, kind).from_url(url)
 
 
 class Container(containers.DeclarativeContainer):

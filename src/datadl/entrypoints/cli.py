@@ -7,15 +7,19 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datadl.entrypoints.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from datadl.adapters.sql import SqlDatabase
 
 
 class SchemaBehind(RuntimeError):
     """The database schema is older than this version of datadl expects."""
 
 
-async def _database(settings: Settings):  # type: ignore[no-untyped-def]
+async def _database(settings: Settings) -> SqlDatabase:
     from datadl.adapters.sql import SqlDatabase
 
     return SqlDatabase.from_url(settings.effective_database_url, schema=settings.database_schema)
