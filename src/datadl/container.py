@@ -19,6 +19,7 @@ from datadl.adapters.memory import (
     MemoryUsageStore,
 )
 from datadl.adapters.system import StaticKeyRing, SystemClock, SystemEntropy
+from datadl.settings import Settings
 from datadl.wiring import bootstrap
 
 #: Configuration of a process that keeps everything in memory.
@@ -53,6 +54,12 @@ def _sql(kind: str, db: Any) -> Any:
     from datadl.adapters import sql
 
     return getattr(sql, kind)(db)
+
+
+def _fsspec(url: str) -> Any:
+    from datadl.adapters.storage import FsspecBlobStore
+
+    return FsspecBlobStore.from_url(url)
 
 
 def _redis(kind: str, url: str) -> Any:
@@ -111,6 +118,8 @@ class Container(containers.DeclarativeContainer):
     blobs = providers.Selector(
         providers.Callable(scheme, config.storage_url),
         memory=providers.Singleton(MemoryBlobStore),
+        file=providers.Singleton(_fsspec, config.storage_url),
+        s3=providers.Singleton(_fsspec, config.storage_url),
     )
 
     app = providers.Singleton(
@@ -126,3 +135,29 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=config.max_upload_bytes,
         keep_versions=config.keep_versions,
     )
+
+
+def build_container(settings: Settings) -> Container:
+    """A container configured from settings: the embedded defaults where they say nothing.
+
+    The database defaults to a SQLite file and the files to a folder, both under
+    ``settings.data_dir``; tokens and cursors are signed with the configured keys (a
+    fresh random ring when none are configured, valid for this process only).
+    """
+    data_dir = settings.data_dir.resolve()
+    container = Container()
+    container.config.from_dict(
+        {
+            "database_url": settings.effective_database_url,
+            "database_schema": settings.database_schema,
+            "storage_url": settings.storage_url or f"file://{data_dir / 'files'}",
+            "cache_url": settings.cache_url,
+            "usage_url": settings.usage_url,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "keep_versions": settings.keep_versions,
+        }
+    )
+    if settings.signing_keys:
+        cursor_key = settings.cursor_key or settings.signing_keys[-1].secret
+        container.keys.override(providers.Object(StaticKeyRing(settings.signing_keys, cursor_key)))
+    return container

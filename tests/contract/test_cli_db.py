@@ -8,7 +8,7 @@ import pytest
 
 from datadl.adapters.sql import SqlDatabase
 from datadl.entrypoints.cli import SchemaBehind, ensure_schema_current, main
-from datadl.entrypoints.config import Settings
+from datadl.settings import Settings
 
 
 def test_upgrade_then_current(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,3 +53,55 @@ def test_bad_configuration_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         del os.environ["DATADL_KEEP_VERSIONS"]
     assert "configuration error" in capsys.readouterr().err
+
+
+async def _publish_one(data_dir: Path) -> str:
+    """Publish a sample through a container on the embedded defaults; its storage key."""
+    from datadl.container import build_container
+    from datadl.samples import path as sample_path
+    from datadl.services.datasets import DatasetFacts
+    from tests.conftest import chunks
+
+    settings = Settings.load(environ={}, data_dir=data_dir)
+    container = build_container(settings)
+    try:
+        app = container.app()
+        await app.accounts.create_organization("acme")
+        await app.accounts.create_user("olivia")
+        await app.accounts.add_member("acme", "olivia", "admin")
+        owner = await app.accounts.principal_for("olivia")
+        data = sample_path("penguins.csv").read_bytes()
+        dataset = await app.datasets.publish(
+            owner, DatasetFacts(organization="acme", filename="penguins.csv"), chunks(data)
+        )
+        return dataset.file.storage_key
+    finally:
+        await container.database().dispose()
+
+
+def test_verify_and_cleanup_on_the_embedded_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'datadl verify' passes intact files, fails a tampered one; 'datadl cleanup' runs."""
+    import asyncio
+
+    args = ["--data-dir", str(tmp_path)]
+    assert main([*args, "db", "upgrade"]) == 0
+    key = asyncio.run(_publish_one(tmp_path))
+    capsys.readouterr()
+    assert main([*args, "verify"]) == 0
+    assert "1 ok" in capsys.readouterr().out
+    stored = tmp_path / "files" / key
+    stored.write_bytes(stored.read_bytes().replace(b"Adelie", b"Adelia", 1))
+    assert main([*args, "verify"]) == 1
+    assert "corrupted" in capsys.readouterr().out
+    assert main([*args, "cleanup"]) == 0
+    assert "removed:" in capsys.readouterr().out
+
+
+def test_jobs_refuse_a_database_that_is_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'datadl cleanup' on an unmigrated database says to run 'datadl db upgrade'."""
+    assert main(["--data-dir", str(tmp_path), "cleanup"]) == 2
+    assert "datadl db upgrade" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from datadl.entrypoints.config import ConfigError, Settings
+from datadl.settings import ConfigError, Settings
 
 
 def test_environment_overrides_file_and_overrides_win(tmp_path: Path) -> None:

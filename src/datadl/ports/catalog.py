@@ -28,8 +28,10 @@ class Audience:
     """Whose view a listing is for: the same rule as ``domain.access.can_view``.
 
     A dataset is listed when it is public, or the user owns it, or it is an organisation
-    dataset of one of ``organization_ids``, or the user admins its organisation, or an
-    active grant names the user or one of their organisations. Deleted ones never are.
+    dataset of one of ``organization_ids``, or its organisation is one of
+    ``admin_organization_ids``, or an active grant names the user or one of their
+    organisations. Deleted ones never are. A job that must visit every dataset names every
+    organisation in ``admin_organization_ids`` (with no user).
     """
 
     user_id: str | None

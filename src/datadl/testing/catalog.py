@@ -662,6 +662,11 @@ class CatalogContract:
         member_without_user = Audience(user_id=None, organization_ids=frozenset({"beta"}), now=NOW)
         found = set(_ids(await _list_all(catalog, DatasetQuery(audience=member_without_user))))
         assert found == {"d-pub", "d-beta-org"}
+        # A job that walks everything: no user, every organisation as admin.
+        system = Audience(user_id=None, admin_organization_ids=frozenset({"acme"}))
+        found = set(_ids(await _list_all(catalog, DatasetQuery(audience=system))))
+        # d-beta-priv belongs to beta and reaches the acme admin only through a grant.
+        assert found == _EXPECTED_VISIBLE["admin"] - {"d-beta-priv"}
 
     async def test_listing_never_shows_deleted_datasets(self, catalog: Catalog) -> None:
         """A deleted dataset is listed to nobody, its owner and admins included."""

@@ -32,9 +32,9 @@ def _visible(audience: Audience, dataset: Dataset, grants: Iterable[Grant]) -> b
     if dataset.visibility is Visibility.PUBLIC:
         return True
     user_id = audience.user_id
-    if user_id is not None and (
-        dataset.owner_id == user_id or dataset.organization_id in audience.admin_organization_ids
-    ):
+    if dataset.organization_id in audience.admin_organization_ids:
+        return True
+    if user_id is not None and dataset.owner_id == user_id:
         return True
     member_of = audience.organization_ids | audience.admin_organization_ids
     if dataset.visibility is Visibility.ORGANIZATION and dataset.organization_id in member_of:

@@ -273,10 +273,10 @@ def _visible_to(audience: Audience) -> ColumnElement[bool]:
     user_id = audience.user_id
     member_of = sorted(audience.organization_ids | audience.admin_organization_ids)
     visible: list[ColumnElement[bool]] = [d.visibility == Visibility.PUBLIC.value]
+    if audience.admin_organization_ids:
+        visible.append(d.organization_id.in_(sorted(audience.admin_organization_ids)))
     if user_id is not None:
         visible.append(d.owner_id == user_id)
-        if audience.admin_organization_ids:
-            visible.append(d.organization_id.in_(sorted(audience.admin_organization_ids)))
     if member_of:
         visible.append(
             and_(d.visibility == Visibility.ORGANIZATION.value, d.organization_id.in_(member_of))
