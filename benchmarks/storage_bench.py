@@ -295,6 +295,10 @@ async def main(args: argparse.Namespace) -> None:
         ratio = target / bench.anchor["full read"]
         verdict = "met" if ratio >= 0.8 else "MISSED"
         print(f"\nlocal ranged read / plain read loop = {ratio:.2f} (target ≥ 0.8: {verdict})")
+        # The plain ranged loop keeps one descriptor for every range; the store opens the
+        # file for each range, as a server does for each request.
+        ranged = target / bench.anchor["ranged read"]
+        print(f"local ranged read / plain ranged loop on one descriptor = {ranged:.2f}")
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -15,6 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +397,34 @@ async def test_an_interrupted_write_leaves_nothing_staged(backend: Backend) -> N
     assert not await backend.store.exists("k")
     assert backend.staged() == []
     assert backend.raw_keys() == []
+
+
+async def test_purge_staged_removes_what_a_dead_writer_left(backend: Backend) -> None:
+    """Staged bytes of a write that never ends go with purge_staged once old enough, not before."""
+    gate, reached = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        backend.store.write("k", _gated(b"y" * (PART + 1), gate, reached, b"z"))
+    )
+    try:
+        await reached.wait()
+        for _ in range(200):  # the first part reaches the backend in the background
+            if backend.staged():
+                break
+            await asyncio.sleep(0.05)
+        staged = backend.staged()
+        assert staged, "the gated write should have staged its first part"
+        now = datetime.now(UTC)
+        if backend.kind != "s3":  # moto reports every upload as initiated in 2010
+            assert await backend.store.purge_staged(now - timedelta(hours=1)) == 0
+            assert backend.staged() == staged
+        assert await backend.store.purge_staged(now + timedelta(hours=1)) == len(staged)
+        assert backend.staged() == []
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not await backend.store.exists("k")
+    assert await backend.store.purge_staged(datetime.now(UTC) + timedelta(hours=1)) == 0
 
 
 async def test_a_cancelled_write_leaves_nothing_staged(backend: Backend) -> None:

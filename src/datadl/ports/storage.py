@@ -69,3 +69,12 @@ class BlobStore(Protocol):
     async def presigned_url(self, key: str, expires_in: int) -> str | None:
         """A time-limited URL that serves ``key`` directly, or None if the backend has none."""
         ...
+
+    async def purge_staged(self, older_than: datetime) -> int:
+        """Remove the leftovers of writes that never finished and began before ``older_than``.
+
+        A process that dies mid-write leaves staged bytes (a temporary file, an incomplete
+        multipart upload) that no key names; this removes them and returns how many.
+        Complete objects are never touched.
+        """
+        ...

@@ -25,6 +25,11 @@ class CleanupReport:
     datasets: int
     versions: int
     files: int
+    staged: int = 0
+
+
+#: How long a write may stay unfinished before cleanup takes its staged bytes for debris.
+STAGED_WRITE_GRACE = timedelta(days=1)
 
 
 class CleanupService:
@@ -80,7 +85,8 @@ class CleanupService:
             removed, deleted_files = await self._trim_versions(now)
             versions += removed
             files += deleted_files
-        return CleanupReport(usage, tokens, records, datasets, versions, files)
+        staged = await self._blobs.purge_staged(now - STAGED_WRITE_GRACE)
+        return CleanupReport(usage, tokens, records, datasets, versions, files, staged)
 
     async def _trim_versions(self, now: datetime) -> tuple[int, int]:
         assert self._keep is not None

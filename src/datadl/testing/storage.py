@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import pytest
@@ -184,3 +185,14 @@ class BlobStoreContract:
         await blob_store.write("k", stream(b"v"))
         url = await blob_store.presigned_url("k", 60)
         assert url is None or (isinstance(url, str) and url)
+
+    async def test_purge_staged_keeps_complete_objects(self, blob_store: BlobStore) -> None:
+        """Purging unfinished writes, however late the cutoff, never removes a stored object."""
+        await blob_store.write("kept/a", stream(b"complete"))
+        with pytest.raises(OSError, match="went away"):
+            await blob_store.write("kept/b", failing_stream(b"half"))
+        later = datetime.now(UTC) + timedelta(days=365)
+        assert await blob_store.purge_staged(later) >= 0
+        assert await collect(blob_store.read("kept/a")) == b"complete"
+        assert not await blob_store.exists("kept/b")
+        assert await blob_store.purge_staged(later) == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from datadl.domain.policy import DownloadPolicy
 from datadl.services.downloads import DownloadAsk
@@ -54,3 +54,37 @@ async def test_cleanup_removes_expired_and_deleted_things_only(world: World) -> 
     del short, long
     again = await app.cleanup.run()
     assert (again.datasets, again.versions, again.audit_records, again.tokens) == (0, 0, 0, 0)
+
+
+async def test_cleanup_purges_writes_left_unfinished_for_a_day(world: World) -> None:
+    """Cleanup asks the blob store to drop staged bytes of writes begun over a day ago."""
+    import datadl
+
+    class Staging:
+        """A blob store whose unfinished writes began at known times."""
+
+        def __init__(self, inner: object, started: list[datetime]) -> None:
+            self._inner = inner
+            self.started = started
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+        async def purge_staged(self, older_than: datetime) -> int:
+            gone = [t for t in self.started if t < older_than]
+            self.started = [t for t in self.started if t >= older_than]
+            return len(gone)
+
+    now = world.clock.now()
+    blobs = Staging(world.app.blobs, [now - timedelta(days=2), now - timedelta(hours=1)])
+    app = datadl.bootstrap(
+        catalog=world.app.catalog,
+        blobs=blobs,  # type: ignore[arg-type]
+        audit_log=world.app.audit_log,
+        usage=world.app.usage,
+        clock=world.clock,
+        keys=world.app.keys,
+    )
+    report = await app.cleanup.run()
+    assert report.staged == 1
+    assert blobs.started == [now - timedelta(hours=1)]

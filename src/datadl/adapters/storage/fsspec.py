@@ -193,6 +193,8 @@ class _Backend(Protocol):
 
     async def presigned_url(self, key: str, expires_in: int) -> str | None: ...
 
+    async def purge_staged(self, older_than: datetime) -> int: ...
+
     def url_for(self, key: str) -> str: ...
 
     def key_from_location(self, rest: str, url: str) -> str: ...
@@ -393,6 +395,15 @@ class FsspecBlobStore:
         with self._translated(key):
             return await self._backend.presigned_url(key, expires_in)
 
+    async def purge_staged(self, older_than: datetime) -> int:
+        """Remove what writes that never finished left behind, if started before ``older_than``.
+
+        Local and memory stores drop staged files under ``.tmp/``; S3 aborts incomplete
+        multipart uploads under the store's prefix. Complete objects are never touched.
+        """
+        with self._translated("", missing_is_file=False):
+            return await self._backend.purge_staged(older_than)
+
     async def aclose(self) -> None:
         """Release the backend's network session, if it has one; the store stays usable."""
         with self._translated("", missing_is_file=False):
@@ -524,6 +535,23 @@ class _SyncFsBackend:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.rm_file(temp)
+
+    async def purge_staged(self, older_than: datetime) -> int:
+        return await self.run(self._purge_staged_sync, older_than.timestamp())
+
+    def _purge_staged_sync(self, cutoff: float) -> int:
+        try:
+            entries = self._fs.ls(f"{self._root}/{TEMP_DIR}", detail=True)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for entry in entries:
+            started = entry.get("mtime", entry.get("created"))
+            if entry["type"] == "file" and started is not None and float(started) < cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    self._fs.rm_file(entry["name"])
+                    removed += 1
+        return removed
 
     def _file_info(self, path: str) -> dict[str, Any]:
         info: dict[str, Any] = self._fs.info(path)
@@ -1212,6 +1240,31 @@ class _S3Backend:
             if not page.get("IsTruncated"):
                 return
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    async def purge_staged(self, older_than: datetime) -> int:
+        await self._ready()
+        removed = 0
+        marker: dict[str, str] = {}
+        while True:
+            page = await self._fs._call_s3(
+                "list_multipart_uploads", Bucket=self._bucket, Prefix=self._base, **marker
+            )
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < older_than:
+                    with contextlib.suppress(FileNotFoundError):  # finished or aborted since
+                        await self._fs._call_s3(
+                            "abort_multipart_upload",
+                            Bucket=self._bucket,
+                            Key=upload["Key"],
+                            UploadId=upload["UploadId"],
+                        )
+                        removed += 1
+            if not page.get("IsTruncated"):
+                return removed
+            marker = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page["NextUploadIdMarker"],
+            }
 
     async def presigned_url(self, key: str, expires_in: int) -> str | None:
         url: str = await self._fs._url(
