@@ -31,6 +31,7 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "usage_url": None,
     "max_upload_bytes": None,
     "keep_versions": 5,
+    "analyze": True,
 }
 
 
@@ -62,6 +63,12 @@ def _fsspec(url: str) -> Any:
     return FsspecBlobStore.from_url(url)
 
 
+def _tables(blobs: Any, clock: Any) -> Any:
+    from datadl.adapters.tables import ArrowTableEngine
+
+    return ArrowTableEngine(blobs, clock=clock)
+
+
 def _redis(kind: str, url: str) -> Any:
     import datadl.adapters.redis as redis_adapters
 
@@ -73,7 +80,9 @@ class Container(containers.DeclarativeContainer):
 
     The usage store (rate limits, quotas, token uses) lives in the database unless
     ``usage_url`` points at Redis; the cache is in process unless ``cache_url`` says
-    otherwise.
+    otherwise. The table engine is pyarrow over the blob store; with ``analyze`` (the
+    default) every publication is analysed in the background, so the server must await
+    ``app.insight.aclose()`` on shutdown.
     """
 
     config = providers.Configuration(default=MEMORY_DEFAULTS)
@@ -122,6 +131,8 @@ class Container(containers.DeclarativeContainer):
         s3=providers.Singleton(_fsspec, config.storage_url),
     )
 
+    tables = providers.Singleton(_tables, blobs, clock)
+
     app = providers.Singleton(
         bootstrap,
         catalog=catalog,
@@ -132,8 +143,10 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         keys=keys,
         entropy=entropy,
+        tables=tables,
         max_upload_bytes=config.max_upload_bytes,
         keep_versions=config.keep_versions,
+        analyze=config.analyze,
     )
 
 
@@ -155,6 +168,7 @@ def build_container(settings: Settings) -> Container:
             "usage_url": settings.usage_url,
             "max_upload_bytes": settings.max_upload_bytes,
             "keep_versions": settings.keep_versions,
+            "analyze": True,
         }
     )
     if settings.signing_keys:

@@ -13,11 +13,14 @@ from datadl.adapters.memory import (
 )
 from datadl.adapters.system import StaticKeyRing, SystemClock, SystemEntropy
 from datadl.ports import AuditLog, BlobStore, Cache, Catalog, Clock, Entropy, KeyRing, UsageStore
+from datadl.ports.tables import TableEngine
 from datadl.services.accounts import AccountService
 from datadl.services.audit import AuditService
 from datadl.services.cleanup import CleanupService
 from datadl.services.datasets import DatasetService
+from datadl.services.derived import DerivedFiles
 from datadl.services.downloads import Deriver, DownloadService
+from datadl.services.insight import InsightService
 from datadl.services.integrity import IntegrityService
 from datadl.services.tokens import TokenService
 
@@ -28,7 +31,9 @@ class Datadl:
 
     This is the embedding API: each attribute is a service whose async methods take a
     ``Principal`` and return domain values. The adapters are kept for embedders who
-    need to reach them (to run cleanup on a schedule, to close connections).
+    need to reach them (to run cleanup on a schedule, to close connections). Await
+    ``insight.aclose()`` (or ``insight.drain()``) before the event loop ends: analyses
+    and conversions run as background tasks.
     """
 
     accounts: AccountService
@@ -38,6 +43,8 @@ class Datadl:
     audit: AuditService
     cleanup: CleanupService
     integrity: IntegrityService
+    insight: InsightService
+    derived: DerivedFiles
     catalog: Catalog
     blobs: BlobStore
     audit_log: AuditLog
@@ -46,6 +53,7 @@ class Datadl:
     clock: Clock
     keys: KeyRing
     entropy: Entropy
+    tables: TableEngine
 
 
 def bootstrap(
@@ -58,25 +66,40 @@ def bootstrap(
     clock: Clock | None = None,
     keys: KeyRing | None = None,
     entropy: Entropy | None = None,
+    tables: TableEngine | None = None,
     deriver: Deriver | None = None,
     max_upload_bytes: int | None = None,
     keep_versions: int | None = 5,
     analyze: bool = False,
 ) -> Datadl:
-    """Build every service over the given adapters; anything left out is in memory.
+    """Build every service over the given adapters; anything left out (None) is in memory.
 
     In-memory adapters keep nothing past the process, and a generated key ring makes
     tokens and cursors valid for this process only: pass a ``StaticKeyRing`` with
-    stored secrets to keep them valid across restarts.
+    stored secrets to keep them valid across restarts. ``tables`` defaults to the
+    pyarrow engine over ``blobs``; converted downloads go through the derived-file cache
+    unless another ``deriver`` is given. With ``analyze`` every publication starts a
+    background analysis.
     """
-    catalog = catalog or MemoryCatalog()
-    blobs = blobs or MemoryBlobStore()
-    audit_log = audit_log or MemoryAuditLog()
-    usage = usage or MemoryUsageStore()
-    cache = cache or MemoryCache()
-    clock = clock or SystemClock()
-    keys = keys or StaticKeyRing.generate()
-    entropy = entropy or SystemEntropy()
+    catalog = MemoryCatalog() if catalog is None else catalog
+    blobs = MemoryBlobStore() if blobs is None else blobs
+    audit_log = MemoryAuditLog() if audit_log is None else audit_log
+    usage = MemoryUsageStore() if usage is None else usage
+    cache = MemoryCache() if cache is None else cache
+    clock = SystemClock() if clock is None else clock
+    keys = StaticKeyRing.generate() if keys is None else keys
+    entropy = SystemEntropy() if entropy is None else entropy
+    if tables is None:
+        # Imported here so that importing datadl does not load pyarrow.
+        from datadl.adapters.tables import ArrowTableEngine
+
+        tables = ArrowTableEngine(blobs, clock=clock)
+    derived = DerivedFiles(
+        catalog=catalog, blobs=blobs, engine=tables, entropy=entropy, cache=cache
+    )
+    insight = InsightService(
+        catalog=catalog, cache=cache, engine=tables, clock=clock, derived=derived, blobs=blobs
+    )
     return Datadl(
         accounts=AccountService(catalog=catalog, clock=clock, entropy=entropy),
         datasets=DatasetService(
@@ -87,6 +110,7 @@ def bootstrap(
             keys=keys,
             max_upload_bytes=max_upload_bytes,
             analyze=analyze,
+            on_published=lambda dataset: insight.schedule(dataset.id, dataset.version),
         ),
         downloads=DownloadService(
             catalog=catalog,
@@ -96,7 +120,7 @@ def bootstrap(
             clock=clock,
             entropy=entropy,
             keys=keys,
-            deriver=deriver,
+            deriver=deriver or derived,
         ),
         tokens=TokenService(catalog=catalog, usage=usage, clock=clock, entropy=entropy, keys=keys),
         audit=AuditService(catalog=catalog, audit=audit_log, usage=usage, clock=clock, keys=keys),
@@ -107,8 +131,11 @@ def bootstrap(
             blobs=blobs,
             clock=clock,
             keep_versions=keep_versions,
+            engine_version=tables.version,
         ),
         integrity=IntegrityService(catalog=catalog, blobs=blobs),
+        insight=insight,
+        derived=derived,
         catalog=catalog,
         blobs=blobs,
         audit_log=audit_log,
@@ -117,4 +144,5 @@ def bootstrap(
         clock=clock,
         keys=keys,
         entropy=entropy,
+        tables=tables,
     )

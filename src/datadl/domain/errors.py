@@ -159,3 +159,50 @@ class PreconditionFailed(DatadlError):
     code = "precondition_failed"
     title = "Precondition failed"
     default_hint = "Fetch the resource again to learn its current ETag."
+
+
+# --- table insight ----------------------------------------------------------------------
+
+
+class AnalysisPending(DatadlError):
+    """The analysis of the file is still running; ask again after ``retry_after`` seconds."""
+
+    code = "analysis_pending"
+    title = "Analysis in progress"
+    default_hint = "The dataset is still being analysed; retry after the given number of seconds."
+
+    def __init__(
+        self, message: str | None = None, *, retry_after: int = 5, hint: str | None = None
+    ) -> None:
+        super().__init__(
+            message or "The dataset's analysis has not finished yet.",
+            hint=hint,
+            retry_after=retry_after,
+        )
+
+
+class AnalysisFailed(DatadlError):
+    """The analysis of the file failed; ``reason`` says why (the original stays downloadable)."""
+
+    code = "analysis_failed"
+    title = "Analysis failed"
+    default_hint = (
+        "The original file can still be downloaded; publish a corrected file to analyse it again."
+    )
+
+    def __init__(self, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"The dataset could not be analysed: {reason}", hint=hint, extra={"reason": reason}
+        )
+        self.reason = reason
+
+
+class TooManyRows(BadRequest):
+    """A table too long for the requested output format (an xlsx sheet holds 1,048,575 rows).
+
+    ``extra["limit_rows"]`` names the limit; the HTTP answer is ``422``.
+    """
+
+    code = "too_many_rows"
+    title = "Too many rows for this format"
+    default_hint = "Download the dataset as csv or parquet instead."

@@ -76,7 +76,8 @@ class DownloadPolicy:
 
     ``allowed_formats`` names delivered formats (``original`` included); ``None`` allows
     every format. A request for ``original`` is allowed when ``original`` or the stored
-    file's own format is listed.
+    file's own format is listed. ``neutralize_formulas`` prefixes csv and tsv cells that a
+    spreadsheet would run as formulas (OWASP CSV injection) in converted downloads.
     """
 
     allowed_formats: frozenset[str] | None = attrs.field(default=None, validator=_check_formats)
@@ -89,6 +90,7 @@ class DownloadPolicy:
     user_quota: QuotaLimit | None = None
     organization_quota: QuotaLimit | None = None
     audit_retention_days: int = 365
+    neutralize_formulas: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.token_max_ttl_seconds <= 0:
@@ -123,6 +125,7 @@ class PolicyOverride:
     user_quota: QuotaLimit | None = None
     organization_quota: QuotaLimit | None = None
     audit_retention_days: int | None = attrs.field(default=None, validator=_optional_above_zero)
+    neutralize_formulas: bool | None = None
 
 
 def _min_optional(a: int | None, b: int | None) -> int | None:
@@ -166,7 +169,7 @@ def effective_policy(base: DownloadPolicy, override: PolicyOverride | None) -> D
 
     Every field combines so that the result is at least as strict as both inputs:
     intersection of formats, smaller caps, anonymous only if both allow it, a token if
-    either requires one, both sets of terms.
+    either requires one, both sets of terms, formulas neutralised if either says so.
     """
     if override is None:
         return base
@@ -193,6 +196,9 @@ def effective_policy(base: DownloadPolicy, override: PolicyOverride | None) -> D
         user_quota=_tighter_quota(base.user_quota, override.user_quota),
         organization_quota=_tighter_quota(base.organization_quota, override.organization_quota),
         audit_retention_days=_pick(override.audit_retention_days, base.audit_retention_days, min),
+        neutralize_formulas=_pick(
+            override.neutralize_formulas, base.neutralize_formulas, lambda a, b: a or b
+        ),
     )
 
 
@@ -213,6 +219,8 @@ def check_override(base: DownloadPolicy, override: PolicyOverride) -> None:
         problems.append("allow_anonymous is false for the organisation")
     if override.require_token is False and base.require_token:
         problems.append("require_token is true for the organisation")
+    if override.neutralize_formulas is False and base.neutralize_formulas:
+        problems.append("neutralize_formulas is true for the organisation")
     if _looser(base.token_max_ttl_seconds, override.token_max_ttl_seconds):
         problems.append("token_max_ttl_seconds is above the organisation's")
     if _looser(base.audit_retention_days, override.audit_retention_days):

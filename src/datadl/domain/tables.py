@@ -58,6 +58,64 @@ class TableProfile:
     quality: QualityReport
     analyzed_at: datetime
 
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as plain JSON-able values (what ``from_dict`` reads back)."""
+        return {
+            "sha256": self.sha256,
+            "engine_version": self.engine_version,
+            "columns": [attrs.asdict(c) for c in self.columns],
+            "row_count": self.row_count,
+            "statistics": {name: dict(stats) for name, stats in self.statistics.items()},
+            "quality": {
+                "score": self.quality.score,
+                "completeness": self.quality.completeness,
+                "consistency": self.quality.consistency,
+                "uniqueness": self.quality.uniqueness,
+                "validity": self.quality.validity,
+                "issues": [attrs.asdict(i) for i in self.quality.issues],
+            },
+            "analyzed_at": self.analyzed_at.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> TableProfile:
+        """The profile a ``to_dict`` document holds; ``KeyError``/``TypeError``/``ValueError``
+        for a document of another shape."""
+        quality = document["quality"]
+        return cls(
+            sha256=str(document["sha256"]),
+            engine_version=str(document["engine_version"]),
+            columns=tuple(
+                Column(
+                    name=str(c["name"]),
+                    type=str(c["type"]),
+                    nullable=bool(c["nullable"]),
+                    physical_type=c.get("physical_type"),
+                )
+                for c in document["columns"]
+            ),
+            row_count=int(document["row_count"]),
+            statistics={str(k): dict(v) for k, v in document["statistics"].items()},
+            quality=QualityReport(
+                score=float(quality["score"]),
+                completeness=float(quality["completeness"]),
+                consistency=float(quality["consistency"]),
+                uniqueness=float(quality["uniqueness"]),
+                validity=float(quality["validity"]),
+                issues=tuple(
+                    QualityIssue(
+                        column=i["column"],
+                        kind=str(i["kind"]),
+                        severity=str(i["severity"]),
+                        message=str(i["message"]),
+                        affected_rows=int(i["affected_rows"]),
+                    )
+                    for i in quality["issues"]
+                ),
+            ),
+            analyzed_at=datetime.fromisoformat(document["analyzed_at"]),
+        )
+
 
 @attrs.frozen
 class Page:

@@ -6,13 +6,14 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from datadl.domain.errors import NotFound
+from datadl.domain.errors import FileMissing, NotFound
 from datadl.ports.audit import AuditLog
 from datadl.ports.catalog import Catalog
 from datadl.ports.clock import Clock
 from datadl.ports.storage import BlobStore
 from datadl.ports.usage import CleanupCounts, UsageStore
 from datadl.services._shared import DEFAULT_POLICY, live_datasets
+from datadl.services.derived import DERIVED_PREFIX, derived_folder
 
 
 @attrs.frozen
@@ -26,17 +27,22 @@ class CleanupReport:
     versions: int
     files: int
     staged: int = 0
+    derived: int = 0
 
 
 #: How long a write may stay unfinished before cleanup takes its staged bytes for debris.
 STAGED_WRITE_GRACE = timedelta(days=1)
+#: A derived file younger than this is kept even when stale: a download may be reading it.
+DERIVED_GRACE = timedelta(hours=1)
 
 
 class CleanupService:
     """Removes what has outlived its use; safe to run on any schedule and concurrently.
 
     ``keep_versions`` is how many of a dataset's newest versions stay downloadable; older
-    ones lose their stored file (None keeps every version).
+    ones lose their stored file (None keeps every version). Derived files (conversions,
+    Parquet derivatives, stored profiles) go once no live version has their content, or
+    when they were made by another engine version than ``engine_version``.
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class CleanupService:
         blobs: BlobStore,
         clock: Clock,
         keep_versions: int | None = 5,
+        engine_version: str | None = None,
     ) -> None:
         if keep_versions is not None and keep_versions < 1:
             raise ValueError("keep_versions must keep at least the current version")
@@ -57,6 +64,7 @@ class CleanupService:
         self._blobs = blobs
         self._clock = clock
         self._keep = keep_versions
+        self._engine_version = engine_version
 
     async def run(self) -> CleanupReport:
         """Run every cleanup step once and report what went."""
@@ -86,7 +94,33 @@ class CleanupService:
             versions += removed
             files += deleted_files
         staged = await self._blobs.purge_staged(now - STAGED_WRITE_GRACE)
-        return CleanupReport(usage, tokens, records, datasets, versions, files, staged)
+        derived = await self._purge_derived(now)
+        return CleanupReport(usage, tokens, records, datasets, versions, files, staged, derived)
+
+    async def _purge_derived(self, now: datetime) -> int:
+        """Remove derived files of content no live version holds, or of another engine."""
+        live: set[str] = set()
+        async for dataset in live_datasets(self._catalog):
+            for version in await self._catalog.list_versions(dataset.id):
+                if version.removed_at is None:
+                    live.add(version.file.sha256)
+        removed = 0
+        async for key in self._blobs.list(DERIVED_PREFIX):
+            sha256 = key.removeprefix(DERIVED_PREFIX).partition("/")[0]
+            current = self._engine_version is None or key.startswith(
+                derived_folder(sha256, self._engine_version) + "/"
+            )
+            if sha256 in live and current:
+                continue
+            try:
+                modified = (await self._blobs.stat(key)).modified_at
+            except FileMissing:
+                continue
+            if modified is not None and modified > now - DERIVED_GRACE:
+                continue
+            await self._blobs.delete(key)
+            removed += 1
+        return removed
 
     async def _trim_versions(self, now: datetime) -> tuple[int, int]:
         assert self._keep is not None

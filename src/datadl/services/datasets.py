@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from datetime import datetime
 
 import attrs
@@ -97,7 +97,9 @@ class DatasetService:
     """Use cases over datasets: publish, list, get, update, replace, delete, share, policies.
 
     ``max_upload_bytes`` caps every upload while it streams. ``analyze`` says whether an
-    analysis will follow publication (datasets then start as ``analyzing``).
+    analysis will follow publication (datasets then start as ``analyzing``); when it does,
+    ``on_published`` is called with each newly published dataset or version (to start
+    the analysis in the background; it must not block).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class DatasetService:
         keys: KeyRing,
         max_upload_bytes: int | None = None,
         analyze: bool = False,
+        on_published: Callable[[Dataset], object] | None = None,
     ) -> None:
         self._catalog = catalog
         self._blobs = blobs
@@ -118,6 +121,7 @@ class DatasetService:
         self._keys = keys
         self._max_upload = max_upload_bytes
         self._analyze = analyze
+        self._on_published = on_published
 
     # --- publishing ----------------------------------------------------------------------
 
@@ -203,6 +207,7 @@ class DatasetService:
         except BaseException:
             await self._blobs.delete(file.storage_key)
             raise
+        self._published(dataset)
         return dataset
 
     async def _check_slug_free(self, organization_id: str, slug: str) -> None:
@@ -253,7 +258,12 @@ class DatasetService:
         except BaseException:
             await self._blobs.delete(file.storage_key)
             raise
+        self._published(updated)
         return updated
+
+    def _published(self, dataset: Dataset) -> None:
+        if self._analyze and self._on_published is not None:
+            self._on_published(dataset)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -385,7 +395,7 @@ class DatasetService:
         require_scope(principal, Scope.PUBLISH)
         now = self._now()
         dataset, _ = await administered_dataset(self._catalog, principal, dataset_id, now)
-        if (user is None) == (organization is None):
+        if (not user) == (not organization):
             raise BadRequest(
                 "A grant names exactly one user or one organisation.",
                 hint='Send {"user": "bob"} or {"organization": "acme"}.',

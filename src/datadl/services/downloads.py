@@ -537,7 +537,7 @@ class DownloadService:
             await download._finish(DownloadStatus.COMPLETED)
             return download
         try:
-            await self._check_stored(dataset, rep)
+            await self._check_stored(dataset, version, rep)
         except DatadlError as exc:
             failed = await self._start_record(
                 dataset, version, ask, channel, downloader, context, now, 0, None, False
@@ -634,12 +634,14 @@ class DownloadService:
         await self._audit.append(record)
         return record
 
-    async def _check_stored(self, dataset: Dataset, rep: Representation) -> None:
+    async def _check_stored(
+        self, dataset: Dataset, version: DatasetVersion, rep: Representation
+    ) -> None:
         """Refuse to serve a stored object whose size differs from the recorded one."""
         stat = await self._blobs.stat(rep.key)
         if stat.size != rep.size:
             reason = f"stored size {stat.size} differs from the recorded {rep.size}"
-            await self._flag_corrupted(dataset.id, reason)
+            await self._corrupted(dataset.id, version, rep, reason)
             raise FileCorrupted(
                 "The stored file does not match the catalogue.", extra={"reason": reason}
             )
@@ -699,7 +701,22 @@ class DownloadService:
         )
         await self._audit.update(download._record)
         if isinstance(error, FileCorrupted):
-            await self._flag_corrupted(download.dataset.id, reason or "integrity check failed")
+            await self._corrupted(
+                download.dataset.id,
+                download.version,
+                download.representation,
+                reason or "integrity check failed",
+            )
+
+    async def _corrupted(
+        self, dataset_id: str, version: DatasetVersion, rep: Representation, reason: str
+    ) -> None:
+        if rep.key != version.file.storage_key:
+            # A bad derivative says nothing about the dataset's file: drop it, so the next
+            # request converts again.
+            await self._blobs.delete(rep.key)
+            return
+        await self._flag_corrupted(dataset_id, reason)
 
     async def _flag_corrupted(self, dataset_id: str, reason: str) -> None:
         dataset = await self._catalog.get_dataset(dataset_id)

@@ -27,6 +27,8 @@ class IssuedToken:
 
     token: str = attrs.field(repr=False)
     claims: TokenClaims
+    #: The RateLimit header fields of the rate limit this issuance counted against.
+    ratelimit: dict[str, str] = attrs.field(factory=dict)
 
 
 class TokenService:
@@ -121,7 +123,7 @@ class TokenService:
         )
         token = sign_token(claims, key)
         await self._catalog.add_token(claims)
-        return IssuedToken(token, claims)
+        return IssuedToken(token, claims, dict(headers))
 
     async def revoke(self, principal: Principal, token_id: str) -> None:
         """Revoke a token: its issuer, the dataset's owner or an organisation admin may.

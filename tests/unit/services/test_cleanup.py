@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from datadl.domain.policy import DownloadPolicy
+from datadl.services.datasets import DatasetFacts
 from datadl.services.downloads import DownloadAsk
 from tests.conftest import World, chunks
 from tests.unit.services.test_downloads import fetch, publish
@@ -88,3 +89,56 @@ async def test_cleanup_purges_writes_left_unfinished_for_a_day(world: World) -> 
     report = await app.cleanup.run()
     assert report.staged == 1
     assert blobs.started == [now - timedelta(hours=1)]
+
+
+async def test_cleanup_removes_derived_files_no_live_version_needs(world: World) -> None:
+    """Conversions of deleted content and of another engine version go; live ones stay."""
+    import datadl
+    from datadl.adapters.memory import MemoryBlobStore
+
+    blobs = MemoryBlobStore(clock=world.clock.now)
+    app = datadl.bootstrap(
+        catalog=world.app.catalog,
+        blobs=blobs,
+        audit_log=world.app.audit_log,
+        usage=world.app.usage,
+        clock=world.clock,
+        keys=world.app.keys,
+    )
+
+    async def publish_here(slug: str, body: bytes) -> str:
+        facts = DatasetFacts(organization="acme", filename=f"{slug}.csv", slug=slug)
+        dataset = await app.datasets.publish(world.owner, facts, chunks(body))
+        await fetch_with(app, world, DownloadAsk(dataset.id, format="jsonl"))
+        return dataset.id
+
+    kept = await publish_here("kept", b"a,b\n1,2\n3,4\n")
+    doomed = await publish_here("doomed", b"a,b\n5,6\n")
+    kept_sha = (await app.datasets.get(world.owner, kept)).file.sha256
+    doomed_sha = (await app.datasets.get(world.owner, doomed)).file.sha256
+    old_engine = f"derived/{kept_sha}/old-engine/jsonl"
+    await blobs.write(old_engine, chunks(b"{}\n"))
+    await app.datasets.delete(world.owner, doomed)
+
+    async def derived_keys() -> list[str]:
+        return [k async for k in blobs.list("derived/")]
+
+    assert any(doomed_sha in k for k in await derived_keys())
+    first = await app.cleanup.run()  # inside the grace period: a reader may hold them
+    assert first.derived == 0
+    world.clock.advance(2 * 3600)
+    report = await app.cleanup.run()
+    left = await derived_keys()
+    assert report.derived >= 2
+    assert not any(doomed_sha in k for k in left)
+    assert old_engine not in left
+    assert any(kept_sha in k for k in left)
+    status, body, _ = await fetch_with(app, world, DownloadAsk(kept, format="jsonl"))
+    assert status == 200
+    assert body.count(b"\n") == 2
+
+
+async def fetch_with(app: object, world: World, ask: DownloadAsk) -> tuple[int, bytes, str | None]:
+    async with await app.downloads.open(world.owner, ask) as download:  # type: ignore[attr-defined]
+        body = b"".join([c async for c in download])
+    return download.status, body, download.id

@@ -297,6 +297,8 @@ async def run_job(blobs: BlobStore, job: Callable[[IoContext], T]) -> T:
     except asyncio.CancelledError:
         ctx.cancelled.set()
         await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # the job's Aborted is expected: retrieved, not reported
         raise
     finally:
         await ctx.aclose()

@@ -27,8 +27,8 @@ bound) and ``_quality`` (how scores, issues and severities are computed).
 
 Preview. Parquet decodes only the row groups that overlap the window, found from metadata,
 and in them only the rows up to the window's end. Other formats stream up to the window;
-a parquet derivative built during analysis, for fast deep pages in every format, is the
-next step.
+for fast deep pages the insight service previews the parquet derivative that its analysis
+builds (``datadl.services.insight``).
 
 Conversion round trips. Parquet carries every arrow type. What the others cannot carry:
 
@@ -69,7 +69,7 @@ from datadl.adapters.tables._quality import report
 from datadl.adapters.tables._render import logical_type, render_array
 from datadl.adapters.tables._sources import Table, open_table, scan_text
 from datadl.adapters.tables._stats import TableStats
-from datadl.domain.errors import BadRequest
+from datadl.domain.errors import BadRequest, TooManyRows
 from datadl.domain.model import DatasetFile, FileFormat
 from datadl.domain.tables import Column, Page, TableProfile
 from datadl.ports.clock import Clock
@@ -288,7 +288,7 @@ class ArrowTableEngine:
         if target is FileFormat.XLSX:
             problem = _writers.xlsx_too_large(rows, width)
             if problem is not None:
-                raise BadRequest(
+                raise TooManyRows(
                     problem,
                     hint="Download the dataset as csv or parquet instead.",
                     extra={"limit_rows": _writers.XLSX_MAX_ROWS},
