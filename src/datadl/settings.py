@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import secrets
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,31 @@ def _keys(text: str) -> tuple[SigningKey, ...]:
         except (binascii.Error, ValueError) as exc:
             raise ConfigError(f"signing key {key_id!r} is not valid: {exc}") from None
     return tuple(keys)
+
+
+def encode_signing_keys(keys: Sequence[SigningKey]) -> str:
+    """The ``signing_keys`` setting that reads back as ``keys`` (secrets in the clear)."""
+    return ",".join(
+        f"{k.key_id}:{base64.urlsafe_b64encode(k.secret).rstrip(b'=').decode()}" for k in keys
+    )
+
+
+def generate_signing_key(key_id: str) -> SigningKey:
+    """A fresh random signing key of 32 bytes from the operating system's CSPRNG."""
+    try:
+        return SigningKey(key_id, secrets.token_bytes(32))
+    except ValueError as exc:
+        raise ConfigError(f"cannot use {key_id!r} as a key id: {exc}") from None
+
+
+#: What to tell an operator who started a server without a signing key.
+MISSING_SIGNING_KEYS = (
+    "no signing key is configured, and datadl has no built-in one. Set the environment "
+    "variable DATADL_SIGNING_KEYS (or signing_keys in the [datadl] table of the --config "
+    "file) to 'id:base64secret', oldest first when rotating; "
+    "'datadl keys generate' prints a fresh one, for example "
+    "export DATADL_SIGNING_KEYS=$(datadl keys generate)"
+)
 
 
 @attrs.frozen
@@ -90,8 +116,16 @@ class Settings:
         parsed: dict[str, Any] = dict(values)
         if "data_dir" in parsed:
             parsed["data_dir"] = Path(parsed["data_dir"])
-        if isinstance(parsed.get("signing_keys"), str):
-            parsed["signing_keys"] = _keys(parsed["signing_keys"])
+        signing = parsed.get("signing_keys")
+        if isinstance(signing, list) and all(isinstance(item, str) for item in signing):
+            # A TOML array of 'id:secret' strings reads like the comma-separated form.
+            signing = ",".join(signing)
+        if isinstance(signing, str):
+            parsed["signing_keys"] = _keys(signing)
+        elif signing is not None and not (
+            isinstance(signing, tuple) and all(isinstance(k, SigningKey) for k in signing)
+        ):
+            raise ConfigError("signing_keys must be 'id:base64secret[,id:base64secret...]'")
         if isinstance(parsed.get("cursor_key"), str):
             text = parsed["cursor_key"]
             try:

@@ -401,8 +401,7 @@ class InsightService:
             )
         if policy.require_token:
             raise Forbidden(
-                "This dataset's policy requires a download token, so previews stop at "
-                "the sample.",
+                "This dataset's policy requires a download token, so previews stop at the sample.",
                 hint="Download the dataset with a download token instead.",
             )
 
