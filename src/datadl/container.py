@@ -32,6 +32,7 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "max_upload_bytes": None,
     "keep_versions": 5,
     "analyze": True,
+    "s3_options": None,
 }
 
 
@@ -57,10 +58,10 @@ def _sql(kind: str, db: Any) -> Any:
     return getattr(sql, kind)(db)
 
 
-def _fsspec(url: str) -> Any:
+def _fsspec(url: str, s3_options: dict[str, Any] | None = None) -> Any:
     from datadl.adapters.storage import FsspecBlobStore
 
-    return FsspecBlobStore.from_url(url)
+    return FsspecBlobStore.from_url(url, s3_options=s3_options or None)
 
 
 def _tables(blobs: Any, clock: Any) -> Any:
@@ -128,7 +129,7 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(scheme, config.storage_url),
         memory=providers.Singleton(MemoryBlobStore),
         file=providers.Singleton(_fsspec, config.storage_url),
-        s3=providers.Singleton(_fsspec, config.storage_url),
+        s3=providers.Singleton(_fsspec, config.storage_url, config.s3_options),
     )
 
     tables = providers.Singleton(_tables, blobs, clock)
@@ -169,6 +170,7 @@ def build_container(settings: Settings) -> Container:
             "max_upload_bytes": settings.max_upload_bytes,
             "keep_versions": settings.keep_versions,
             "analyze": True,
+            "s3_options": settings.s3_options,
         }
     )
     if settings.signing_keys:

@@ -82,6 +82,26 @@ class Settings:
     cursor_key: bytes | None = attrs.field(default=None, repr=False)
     max_upload_bytes: int | None = None
     keep_versions: int | None = 5
+    #: For an ``s3://bucket/prefix`` storage URL: where S3 is and who datadl is there.
+    #: Left unset, credentials and region come from the usual AWS sources (environment,
+    #: shared config files, instance roles).
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = attrs.field(default=None, repr=False)
+    s3_secret_access_key: str | None = attrs.field(default=None, repr=False)
+    s3_session_token: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def s3_options(self) -> dict[str, str]:
+        """The options of an S3 blob store, from the ``s3_*`` settings that are set."""
+        named = {
+            "endpoint_url": self.s3_endpoint_url,
+            "region": self.s3_region,
+            "key": self.s3_access_key_id,
+            "secret": self.s3_secret_access_key,
+            "token": self.s3_session_token,
+        }
+        return {name: value for name, value in named.items() if value}
 
     @property
     def effective_database_url(self) -> str:

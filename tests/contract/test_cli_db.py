@@ -105,3 +105,11 @@ def test_jobs_refuse_a_database_that_is_behind(
     """'datadl cleanup' on an unmigrated database says to run 'datadl db upgrade'."""
     assert main(["--data-dir", str(tmp_path), "cleanup"]) == 2
     assert "datadl db upgrade" in capsys.readouterr().err
+
+
+def test_a_new_data_folder_is_private_to_its_owner(tmp_path: Path) -> None:
+    """The folder that holds key hashes and files is created with mode 0700."""
+    data = tmp_path / "fresh" / "data"
+    assert main(["--data-dir", str(data), "db", "upgrade"]) == 0
+    assert (data / "datadl.db").exists()
+    assert data.stat().st_mode & 0o777 == 0o700

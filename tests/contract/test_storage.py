@@ -938,3 +938,35 @@ async def test_a_refused_local_operation_is_storage_unavailable(
         assert await collect(store.read("k")) == b"v"
     finally:
         undo()
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+async def test_settings_point_the_container_at_an_s3_endpoint(
+    moto: MotoProcess, s3_admin: Any, tmp_path: Path
+) -> None:
+    """DATADL_STORAGE_URL and the DATADL_S3_* variables give a working S3 store; secrets hide."""
+    from datadl.container import build_container
+    from datadl.settings import Settings
+
+    bucket = f"datadl-{uuid.uuid4().hex[:20]}"
+    s3_admin.create_bucket(Bucket=bucket)
+    settings = Settings.load(
+        environ={
+            "DATADL_DATA_DIR": str(tmp_path),
+            "DATADL_STORAGE_URL": f"s3://{bucket}/datasets",
+            "DATADL_S3_ENDPOINT_URL": moto.endpoint_url,
+            "DATADL_S3_REGION": "us-east-1",
+            "DATADL_S3_ACCESS_KEY_ID": "testing",
+            "DATADL_S3_SECRET_ACCESS_KEY": "testing",
+        }
+    )
+    assert "testing" not in repr(settings)
+    store = build_container(settings).blobs()
+    try:
+        await store.write("a/b.csv", stream(b"x,y\n1,2\n"))
+        assert await collect(store.read("a/b.csv")) == b"x,y\n1,2\n"
+    finally:
+        await store.aclose()
+    assert _s3_keys(s3_admin, bucket) == ["datasets/a/b.csv"]

@@ -37,6 +37,14 @@ PUBLISH_CHUNK = 1024 * 1024
 SHUTDOWN_TIMEOUT = 10.0
 
 
+def make_data_dir(path: Path) -> None:
+    """Create the data folder readable by its owner only; an existing folder is left as is.
+
+    It holds the SQLite database (API key hashes, the audit trail) and the stored files.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 class SchemaBehind(RuntimeError):
     """The database schema is older than this version of datadl expects."""
 
@@ -97,7 +105,7 @@ async def prepare_database(settings: Settings) -> str | None:
     if settings.database_url is not None:
         await ensure_schema_current(settings)
         return None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(settings.data_dir)
     db = await _database(settings)
     try:
         before = await db.current()
@@ -112,7 +120,7 @@ async def prepare_database(settings: Settings) -> str | None:
 
 async def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(settings.data_dir)
     db = await _database(settings)
     try:
         before = await db.current()
@@ -546,7 +554,7 @@ async def serve(
     from datadl.entrypoints.demo import demo_signing_keys, instructions, seed_demo
 
     if demo and not settings.signing_keys:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(settings.data_dir)
         signing_keys, cursor_key = demo_signing_keys(settings.data_dir)
         settings = attrs.evolve(
             settings, signing_keys=signing_keys, cursor_key=settings.cursor_key or cursor_key
