@@ -102,6 +102,12 @@ class Conflict(PortError):
     default_hint = "Reload the resource and retry with a different value."
 
 
+class StaleWrite(Conflict):
+    """A write based on a read that another writer has since overtaken; re-read and retry."""
+
+    default_hint = "The resource changed meanwhile; reload it and try again."
+
+
 class Unavailable(PortError):
     """A backend (database, cache) cannot be reached or timed out; retrying may help."""
 

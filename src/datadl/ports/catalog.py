@@ -148,14 +148,23 @@ class Catalog(Protocol):
         """Datasets marked deleted whose records still exist, for cleanup."""
         ...
 
-    async def update_dataset(self, dataset: Dataset) -> None:
-        """Replace a dataset's stored facts; ``NotFound`` if absent, ``Conflict`` on slug clash."""
+    async def update_dataset(self, dataset: Dataset, *, expected: Dataset | None = None) -> None:
+        """Replace a dataset's stored facts; ``NotFound`` if absent, ``Conflict`` on slug clash.
+
+        With ``expected`` (the dataset as the caller read it) the write happens only if the
+        stored dataset still equals it, else ``StaleWrite``: a read-modify-write never
+        undoes a concurrent one. The download counter is never written here (it only
+        grows, through ``increment_download_count``) and is left out of the comparison.
+        """
         ...
 
-    async def add_version(self, dataset: Dataset, version: DatasetVersion) -> None:
+    async def add_version(
+        self, dataset: Dataset, version: DatasetVersion, *, expected: Dataset | None = None
+    ) -> None:
         """Add a version and make it current by storing ``dataset``, together or not at all.
 
-        ``Conflict`` if the version number exists (a concurrent replace won the race).
+        ``Conflict`` if the version number exists (a concurrent replace won the race);
+        ``StaleWrite`` if ``expected`` is given and the stored dataset no longer equals it.
         """
         ...
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from datadl.domain.access import Principal, can_administer, can_view
 from datadl.domain.decision import AuthRequired, Forbidden, NotVisible
-from datadl.domain.errors import NotFound
+from datadl.domain.errors import NotFound, StaleWrite
 from datadl.domain.model import Dataset, Grant, Scope
 from datadl.domain.policy import DownloadPolicy, effective_policy
 from datadl.domain.ratelimit import RateDecision, RateLimit, gcra, ratelimit_fields
@@ -139,3 +139,33 @@ async def live_datasets(catalog: Catalog) -> AsyncIterator[Dataset]:
         if len(page) < _WALK_PAGE:
             return
         after = (page[-1].created_at, page[-1].id)
+
+
+#: How often a read-modify-write of a dataset re-reads after losing a race.
+_CHANGE_ATTEMPTS = 8
+
+
+async def change_dataset(
+    catalog: Catalog, dataset: Dataset, change: Callable[[Dataset], Dataset | None]
+) -> Dataset:
+    """Store ``change(current)`` only if nobody changed the dataset since it was read.
+
+    ``dataset`` is the caller's read; after a lost race (``StaleWrite``) the dataset is read
+    again and ``change`` applied to the fresh copy, so a concurrent write is never undone.
+    ``change`` returns None to leave the dataset as it is. Returns what is stored.
+    """
+    current = dataset
+    for _ in range(_CHANGE_ATTEMPTS):
+        updated = change(current)
+        if updated is None or updated == current:
+            return current
+        try:
+            await catalog.update_dataset(updated, expected=current)
+        except StaleWrite:
+            current = await catalog.get_dataset(dataset.id)
+            continue
+        return updated
+    raise StaleWrite(
+        f"Dataset {dataset.id!r} kept changing while this change was made.",
+        hint="Try again in a moment.",
+    )

@@ -11,7 +11,7 @@ import attrs
 from datadl.domain.access import Principal, is_org_admin
 from datadl.domain.cursors import decode_cursor, encode_cursor
 from datadl.domain.decision import Forbidden
-from datadl.domain.errors import BadRequest, Conflict, InvalidCursor, NotFound
+from datadl.domain.errors import BadRequest, Conflict, InvalidCursor, NotFound, StaleWrite
 from datadl.domain.formats import SNIFF_BYTES, resolve_format
 from datadl.domain.model import (
     Dataset,
@@ -33,6 +33,7 @@ from datadl.ports.storage import BlobStore
 from datadl.services._shared import (
     DEFAULT_POLICY,
     administered_dataset,
+    change_dataset,
     policy_for,
     prepend,
     read_head,
@@ -240,21 +241,9 @@ class DatasetService:
             dataset.id, number, stream, format, filename or dataset.file.filename
         )
         now = self._clock.now()
-        updated = attrs.evolve(
-            dataset,
-            version=number,
-            file=file,
-            status=DatasetStatus.ANALYZING if self._analyze else DatasetStatus.READY,
-            row_count=None,
-            column_count=None,
-            corrupted_reason=None,
-            analysis_error=None,
-            updated_at=now,
-        )
+        version = DatasetVersion(dataset.id, number, file, now, principal.user_id)
         try:
-            await self._catalog.add_version(
-                updated, DatasetVersion(dataset.id, number, file, now, principal.user_id)
-            )
+            updated = await self._add_version(dataset, version)
         except BaseException:
             await self._blobs.delete(file.storage_key)
             raise
@@ -266,6 +255,35 @@ class DatasetService:
             self._on_published(dataset)
 
     # --- reading -------------------------------------------------------------------------
+
+    async def _add_version(self, read: Dataset, version: DatasetVersion) -> Dataset:
+        """Make ``version`` current, over whatever else changed since ``read`` (an analysis
+        finishing, a PATCH): the upload took a while and those writes must not be undone."""
+        current = read
+        for _ in range(8):
+            if current.version != version.number - 1 or current.is_deleted:
+                raise Conflict(
+                    "The dataset changed while the file was uploaded.",
+                    hint="Reload the dataset; another version may have been published.",
+                )
+            updated = attrs.evolve(
+                current,
+                version=version.number,
+                file=version.file,
+                status=DatasetStatus.ANALYZING if self._analyze else DatasetStatus.READY,
+                row_count=None,
+                column_count=None,
+                corrupted_reason=None,
+                analysis_error=None,
+                updated_at=version.created_at,
+            )
+            try:
+                await self._catalog.add_version(updated, version, expected=current)
+            except StaleWrite:
+                current = await self._catalog.get_dataset(read.id)
+                continue
+            return updated
+        raise StaleWrite(f"Dataset {read.id!r} kept changing while a version was added.")
 
     def _now(self) -> datetime:
         return self._clock.now()
@@ -360,24 +378,36 @@ class DatasetService:
         _check_text("description", changes.description, 20_000)
         if changes.title is not None and not changes.title.strip():
             raise BadRequest("The title must not be empty.", hint="Give the dataset a title.")
-        updated = attrs.evolve(
-            dataset,
-            title=dataset.title if changes.title is None else changes.title.strip(),
-            description=dataset.description if changes.description is None else changes.description,
-            tags=dataset.tags if changes.tags is None else _check_tags(changes.tags),
-            license=dataset.license if changes.license is None else changes.license,
-            visibility=dataset.visibility if changes.visibility is None else changes.visibility,
-            updated_at=self._now(),
-        )
-        await self._catalog.update_dataset(updated)
-        return updated
+        tags = None if changes.tags is None else _check_tags(changes.tags)
+        now = self._now()
+
+        def change(current: Dataset) -> Dataset:
+            return attrs.evolve(
+                current,
+                title=current.title if changes.title is None else changes.title.strip(),
+                description=(
+                    current.description if changes.description is None else changes.description
+                ),
+                tags=current.tags if tags is None else tags,
+                license=current.license if changes.license is None else changes.license,
+                visibility=current.visibility if changes.visibility is None else changes.visibility,
+                updated_at=now,
+            )
+
+        return await change_dataset(self._catalog, dataset, change)
 
     async def delete(self, principal: Principal, dataset_id: str) -> None:
         """Delete a dataset (owner or organisation admin); its files go with the next cleanup."""
         require_scope(principal, Scope.PUBLISH)
         now = self._now()
         dataset, _ = await administered_dataset(self._catalog, principal, dataset_id, now)
-        await self._catalog.update_dataset(attrs.evolve(dataset, deleted_at=now, updated_at=now))
+
+        def change(current: Dataset) -> Dataset | None:
+            if current.is_deleted:
+                return None
+            return attrs.evolve(current, deleted_at=now, updated_at=now)
+
+        await change_dataset(self._catalog, dataset, change)
 
     # --- sharing -------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from datadl.ports.catalog import Catalog
 from datadl.ports.clock import Clock
 from datadl.ports.storage import BlobStore
 from datadl.ports.tables import ConvertOptions, TableEngine
-from datadl.services._shared import policy_for, require_scope, visible_dataset
+from datadl.services._shared import change_dataset, policy_for, require_scope, visible_dataset
 from datadl.services.derived import DerivedFiles, derived_folder, renewed
 
 logger = logging.getLogger(__name__)
@@ -309,25 +309,27 @@ class InsightService:
         profile: TableProfile | None = None,
         failure: str | None = None,
     ) -> None:
-        # Read again just before writing, so the window for a lost update stays small.
         try:
             dataset = await self._catalog.get_dataset(dataset_id)
         except NotFound:
             return
-        if dataset.version != number or dataset.file.sha256 != file.sha256 or dataset.is_deleted:
-            return  # a newer version has its own analysis
-        if profile is not None:
-            updated = attrs.evolve(
-                dataset,
-                status=DatasetStatus.READY,
-                row_count=profile.row_count,
-                column_count=len(profile.columns),
-                analysis_error=None,
-            )
-        else:
-            updated = attrs.evolve(dataset, status=DatasetStatus.FAILED, analysis_error=failure)
-        if updated != dataset:
-            await self._catalog.update_dataset(updated)
+
+        def change(current: Dataset) -> Dataset | None:
+            stale = current.version != number or current.file.sha256 != file.sha256
+            if stale or current.is_deleted:
+                return None  # a newer version has its own analysis
+            if profile is not None:
+                return attrs.evolve(
+                    current,
+                    status=DatasetStatus.READY,
+                    row_count=profile.row_count,
+                    column_count=len(profile.columns),
+                    analysis_error=None,
+                )
+            return attrs.evolve(current, status=DatasetStatus.FAILED, analysis_error=failure)
+
+        # Compare-and-set: a file replaced or a PATCH made meanwhile is never undone.
+        await change_dataset(self._catalog, dataset, change)
 
     # --- background analyses -----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from datadl.domain.errors import FileMissing, StorageUnavailable
 from datadl.domain.model import Dataset, DatasetVersion
 from datadl.ports.catalog import Catalog
 from datadl.ports.storage import BlobStore
-from datadl.services._shared import live_datasets
+from datadl.services._shared import change_dataset, live_datasets
 
 
 @attrs.frozen
@@ -65,5 +65,7 @@ class IntegrityService:
     ) -> VerifyResult:
         reason = f"version {version.number}: {why}"
         current = await self._catalog.get_dataset(dataset.id)
-        await self._catalog.update_dataset(attrs.evolve(current, corrupted_reason=reason))
+        await change_dataset(
+            self._catalog, current, lambda fresh: attrs.evolve(fresh, corrupted_reason=reason)
+        )
         return VerifyResult(dataset.id, version.number, outcome, why)

@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from datadl.domain.access import Principal, can_view
-from datadl.domain.errors import Conflict, NotFound
+from datadl.domain.errors import Conflict, NotFound, StaleWrite
 from datadl.domain.model import Dataset, Permission, Role, Visibility
 from datadl.domain.policy import DownloadPolicy, PolicyOverride, QuotaLimit
 from datadl.ports.catalog import Audience, Catalog, DatasetQuery
@@ -369,6 +369,36 @@ class CatalogContract:
         assert await catalog.get_dataset("d2") == d2
         with pytest.raises(NotFound):
             await catalog.update_dataset(dataset("d9", organization_id="o1", owner_id="u1"))
+
+    async def test_update_against_a_stale_read_changes_nothing(self, catalog: Catalog) -> None:
+        """With ``expected``, a write based on an overtaken read is StaleWrite and is not made."""
+        await _seed(catalog)
+        read = await _publish(catalog, dataset("d1", organization_id="o1", owner_id="u1"))
+        await catalog.increment_download_count("d1")  # counting is no change of facts
+        first = attrs.evolve(read, title="First")
+        await catalog.update_dataset(first, expected=read)
+        with pytest.raises(StaleWrite):
+            await catalog.update_dataset(attrs.evolve(read, description="Lost"), expected=read)
+        with pytest.raises(StaleWrite):
+            await catalog.add_version(
+                attrs.evolve(read, version=2), version_of(read, 2), expected=read
+            )
+        stored = await catalog.get_dataset("d1")
+        assert attrs.evolve(stored, download_count=0) == first
+        assert [v.number for v in await catalog.list_versions("d1")] == [1]
+        await catalog.add_version(
+            attrs.evolve(first, version=2), version_of(first, 2), expected=stored
+        )
+        assert (await catalog.get_dataset("d1")).version == 2
+
+    async def test_updates_never_write_the_download_count(self, catalog: Catalog) -> None:
+        """The counter only grows by increments: a dataset written back keeps every count."""
+        await _seed(catalog)
+        read = await _publish(catalog, dataset("d1", organization_id="o1", owner_id="u1"))
+        await asyncio.gather(*(catalog.increment_download_count("d1") for _ in range(3)))
+        await catalog.update_dataset(attrs.evolve(read, title="Renamed"))
+        await catalog.add_version(attrs.evolve(read, version=2), version_of(read, 2))
+        assert (await catalog.get_dataset("d1")).download_count == 3
 
     async def test_add_version_makes_it_current(self, catalog: Catalog) -> None:
         """A new version is stored with the dataset pointing at it; versions list oldest first."""

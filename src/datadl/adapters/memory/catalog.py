@@ -7,7 +7,7 @@ from datetime import datetime
 
 import attrs
 
-from datadl.domain.errors import Conflict, NotFound
+from datadl.domain.errors import Conflict, NotFound, StaleWrite
 from datadl.domain.model import (
     ApiKey,
     Dataset,
@@ -229,21 +229,37 @@ class MemoryCatalog:
         deleted = [d for d in self._datasets.values() if d.deleted_at is not None]
         return sorted(deleted, key=lambda d: (d.deleted_at, d.id))
 
-    async def update_dataset(self, dataset: Dataset) -> None:
+    async def update_dataset(self, dataset: Dataset, *, expected: Dataset | None = None) -> None:
         self._require_dataset(dataset.id)
+        self._check_unchanged(expected)
         self._check_slug_free(dataset)
-        self._datasets[dataset.id] = dataset
+        self._store_dataset(dataset)
 
-    async def add_version(self, dataset: Dataset, version: DatasetVersion) -> None:
+    async def add_version(
+        self, dataset: Dataset, version: DatasetVersion, *, expected: Dataset | None = None
+    ) -> None:
         if version.dataset_id != dataset.id:
             raise ValueError("the version belongs to another dataset")
         self._require_dataset(dataset.id)
         versions = self._versions.setdefault(dataset.id, {})
         if version.number in versions:
             raise Conflict(f"Version {version.number} of {dataset.id!r} exists.")
+        self._check_unchanged(expected)
         self._check_slug_free(dataset)
         versions[version.number] = version
-        self._datasets[dataset.id] = dataset
+        self._store_dataset(dataset)
+
+    def _check_unchanged(self, expected: Dataset | None) -> None:
+        if expected is None:
+            return
+        stored = self._datasets[expected.id]
+        if attrs.evolve(stored, download_count=0) != attrs.evolve(expected, download_count=0):
+            raise StaleWrite(f"Dataset {expected.id!r} changed since it was read.")
+
+    def _store_dataset(self, dataset: Dataset) -> None:
+        # The download counter only grows, through increment_download_count.
+        counted = self._datasets[dataset.id].download_count
+        self._datasets[dataset.id] = attrs.evolve(dataset, download_count=counted)
 
     async def list_versions(self, dataset_id: str) -> Sequence[DatasetVersion]:
         versions = self._versions.get(dataset_id, {})

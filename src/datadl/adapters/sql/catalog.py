@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 from sqlalchemy import (
     ColumnElement,
     and_,
@@ -39,7 +40,7 @@ from datadl.adapters.sql.tables import (
     organizations,
     users,
 )
-from datadl.domain.errors import NotFound
+from datadl.domain.errors import NotFound, StaleWrite
 from datadl.domain.model import (
     ApiKey,
     Dataset,
@@ -534,17 +535,23 @@ class SqlCatalog:
         async with self._db.read() as conn:
             return [_dataset(row) for row in (await conn.execute(statement)).mappings()]
 
-    async def update_dataset(self, dataset: Dataset) -> None:
+    async def update_dataset(self, dataset: Dataset, *, expected: Dataset | None = None) -> None:
         conflict = f"The slug {dataset.slug!r} is taken in this organisation."
         async with self._db.write(conflict=conflict) as conn:
+            if expected is not None:
+                await _check_unchanged(conn, expected)
             await _replace_dataset(conn, dataset)
 
-    async def add_version(self, dataset: Dataset, version: DatasetVersion) -> None:
+    async def add_version(
+        self, dataset: Dataset, version: DatasetVersion, *, expected: Dataset | None = None
+    ) -> None:
         if version.dataset_id != dataset.id:
             raise ValueError("the version belongs to another dataset")
         async with self._db.write() as conn:
             if not await _exists(conn, datasets.c.id, dataset.id):
                 raise NotFound(f"No dataset {dataset.id!r}.")
+            if expected is not None:
+                await _check_unchanged(conn, expected)
             with translate_errors(conflict=f"Version {version.number} of {dataset.id!r} exists."):
                 await conn.execute(insert(dataset_versions).values(_version_values(version)))
             with translate_errors(
@@ -717,9 +724,25 @@ async def _write_tags(conn: AsyncConnection, dataset: Dataset) -> None:
         await conn.execute(insert(dataset_tags), rows)
 
 
+async def _check_unchanged(conn: AsyncConnection, expected: Dataset) -> None:
+    """Raise StaleWrite unless the stored dataset equals ``expected`` (its counter aside).
+
+    Runs inside the write transaction: PostgreSQL locks the row until the write commits;
+    SQLite's BEGIN IMMEDIATE already holds the database's write lock.
+    """
+    statement = select(datasets).where(datasets.c.id == expected.id).with_for_update()
+    row = (await conn.execute(statement)).mappings().first()
+    if row is None:
+        raise NotFound(f"No dataset {expected.id!r}.")
+    stored = _dataset(row)
+    if attrs.evolve(stored, download_count=0) != attrs.evolve(expected, download_count=0):
+        raise StaleWrite(f"Dataset {expected.id!r} changed since it was read.")
+
+
 async def _replace_dataset(conn: AsyncConnection, dataset: Dataset) -> None:
     values = _dataset_values(dataset)
-    del values["id"]
+    # The download counter only grows, through increment_download_count.
+    del values["id"], values["download_count"]
     result = await conn.execute(update(datasets).where(datasets.c.id == dataset.id).values(values))
     if result.rowcount == 0:
         raise NotFound(f"No dataset {dataset.id!r}.")
