@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
@@ -76,5 +76,21 @@ class BlobStore(Protocol):
         A process that dies mid-write leaves staged bytes (a temporary file, an incomplete
         multipart upload) that no key names; this removes them and returns how many.
         Complete objects are never touched.
+        """
+        ...
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """An optional capability of a BlobStore whose objects may be files on this machine.
+
+    A server uses it to hand file bytes to the kernel (``sendfile``) instead of copying
+    them through the process. Check for it with ``isinstance(store, LocalFiles)``.
+    """
+
+    async def open_local(self, key: str) -> BinaryIO | None:
+        """``key`` opened for binary reading, or None when it is not a local file.
+
+        The caller closes the file. Raises ``FileMissing`` when the key does not exist.
         """
         ...

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import BinaryIO
 
 import attrs
 
@@ -39,14 +40,30 @@ from datadl.domain.tokens import TokenClaims, check_expiry, read_token
 from datadl.ports.audit import AuditLog
 from datadl.ports.catalog import Catalog
 from datadl.ports.clock import Clock, Entropy, KeyRing
-from datadl.ports.storage import BlobStore
+from datadl.ports.storage import BlobStore, LocalFiles
 from datadl.ports.usage import UsageStore
-from datadl.services._shared import check_rate, policy_for
+from datadl.services._shared import change_dataset, check_rate, policy_for
 
 #: Progress is written to the audit log at most this often while bytes flow.
 PROGRESS_INTERVAL = timedelta(seconds=1)
 #: How long a reservation may stay unsettled before cleanup drops it.
 RESERVATION_TTL = timedelta(hours=24)
+#: A full read of a local file whose SHA-256 this process checked this recently, on the
+#: same stored file (size and modification time unchanged), may skip hashing and be sent
+#: with ``sendfile`` (see docs/decisions.md).
+VERIFIED_FOR = timedelta(hours=1)
+#: Bytes of the first ``sendfile`` call and the most of any: progress and accounting advance
+#: after each. Between the two, a call is sized to last about ``SENDFILE_SLICE_SECONDS`` at
+#: the rate the client took the previous one, so a fast client costs few calls (each costs
+#: a wake-up of the event loop) while any call stays short for the server's write timeout.
+SENDFILE_SLICE = 1024 * 1024
+SENDFILE_MAX_SLICE = 16 * 1024 * 1024
+SENDFILE_SLICE_SECONDS = 0.25
+
+#: Sends ``count`` bytes of an open file from ``offset`` to the client and returns how many
+#: it sent (fewer only at the end of the file). If it raises, the file's position must
+#: tell how far it got, as with ``asyncio``'s ``loop.sendfile``.
+SendFile = Callable[[BinaryIO, int, int], Awaitable[int]]
 
 
 @attrs.frozen
@@ -236,20 +253,56 @@ class Download:
                     "The stored file does not match its recorded SHA-256.",
                     extra={"reason": "sha256 mismatch while streaming"},
                 )
+            await self._service._remember_verified(rep)
             if held:
                 yield held, True
         if self.multipart is not None:
             yield self.multipart.closing, False
 
-    async def send(self, write: Callable[[bytes], Awaitable[object]]) -> None:
+    async def send(
+        self, write: Callable[[bytes], Awaitable[object]], sendfile: SendFile | None = None
+    ) -> None:
         """Write the body through ``write``, counting each chunk once ``write`` returns.
 
-        An error raised by ``write`` (the client went away) records an abort with the
-        bytes written so far; a storage or integrity error records a failure and is
-        raised, so the caller can break the transfer instead of ending it cleanly.
+        With ``sendfile``, a single-part body of a local file goes through it instead
+        (ranges always; a full read once this process has verified the file's SHA-256
+        recently), counted slice by slice. An error raised by ``write`` or ``sendfile``
+        (the client went away) records an abort with the bytes sent so far; a storage or
+        integrity error records a failure and is raised, so the caller can break the
+        transfer instead of ending it cleanly.
         """
         client_gone = False
         try:
+            local = await self._service._local_body(self) if sendfile is not None else None
+            if local is not None and sendfile is not None:
+                file, start, stop = local
+                with file:
+                    self._started = True
+                    offset, size = start, SENDFILE_SLICE
+                    while offset < stop:
+                        count = min(size, stop - offset)
+                        file.seek(offset)
+                        began = self._service._clock.now()
+                        try:
+                            sent = await sendfile(file, offset, count)
+                        except BaseException:
+                            client_gone = True
+                            self.bytes_sent += max(0, file.tell() - offset)
+                            raise
+                        if sent != count:
+                            self.bytes_sent += sent
+                            raise FileCorrupted(
+                                "The stored file is shorter than recorded.",
+                                extra={"reason": "file shrank while streaming"},
+                            )
+                        offset += count
+                        took = (self._service._clock.now() - began).total_seconds()
+                        rate = count / max(took, 0.001)
+                        size = int(rate * SENDFILE_SLICE_SECONDS)
+                        size = max(SENDFILE_SLICE, min(SENDFILE_MAX_SLICE, size))
+                        await self._count(count)
+                await self._finish(DownloadStatus.COMPLETED)
+                return
             async for piece, payload in self._produce():
                 try:
                     await write(piece)
@@ -332,6 +385,8 @@ class DownloadService:
         self._deriver = deriver
         self._active: dict[str, Download] = {}
         self._last_progress: dict[str, datetime] = {}
+        # storage key -> (sha256, size, modified at, when this process verified it)
+        self._verified: dict[str, tuple[str, int, datetime | None, datetime]] = {}
 
     # --- authorisation -------------------------------------------------------------------
 
@@ -601,6 +656,9 @@ class DownloadService:
             dataset, version, ask, channel, downloader, context, now, payload, key, logical
         )
         self._active[download._record.id] = download
+        # The started record is the first progress: the next write waits PROGRESS_INTERVAL,
+        # so a short download (a range) writes its record twice, not three times.
+        self._last_progress[download._record.id] = now
         return download
 
     async def _start_record(
@@ -671,6 +729,44 @@ class DownloadService:
             )
         return tuple(charges)
 
+    # --- sendfile ---------------------------------------------------------------------------
+
+    async def _local_body(self, download: Download) -> tuple[BinaryIO, int, int] | None:
+        """The open local file and ``[start, stop)`` a download may ``sendfile``, or None.
+
+        Only a single-part 200 or 206 from a store with local files qualifies. A full read
+        of a verified representation also needs this process to have checked the same
+        stored file's SHA-256 within ``VERIFIED_FOR``: ``sendfile`` bypasses the hashing.
+        """
+        if download.multipart is not None or download.status not in (200, 206):
+            return None
+        if download._finished or download._started or not isinstance(self._blobs, LocalFiles):
+            return None
+        rep = download.representation
+        if download.ranges:
+            start, stop = download.ranges[0].start, download.ranges[0].end + 1
+        else:
+            start, stop = 0, rep.size
+            if rep.verify:
+                seen = self._verified.get(rep.key)
+                if seen is None or seen[0] != rep.sha256:
+                    return None
+                if self._clock.now() - seen[3] > VERIFIED_FOR:
+                    return None
+                stat = await self._blobs.stat(rep.key)
+                if (stat.size, stat.modified_at) != seen[1:3]:
+                    return None
+        file = await self._blobs.open_local(rep.key)
+        return None if file is None else (file, start, stop)
+
+    async def _remember_verified(self, rep: Representation) -> None:
+        if not isinstance(self._blobs, LocalFiles):
+            return
+        stat = await self._blobs.stat(rep.key)
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[rep.key] = (rep.sha256, stat.size, stat.modified_at, self._clock.now())
+
     # --- progress and settlement ----------------------------------------------------------
 
     async def _progress(self, download: Download) -> None:
@@ -720,7 +816,9 @@ class DownloadService:
 
     async def _flag_corrupted(self, dataset_id: str, reason: str) -> None:
         dataset = await self._catalog.get_dataset(dataset_id)
-        await self._catalog.update_dataset(attrs.evolve(dataset, corrupted_reason=reason))
+        await change_dataset(
+            self._catalog, dataset, lambda current: attrs.evolve(current, corrupted_reason=reason)
+        )
 
     async def progress(self, principal: Principal, download_id: str) -> DownloadRecord:
         """A download record with live progress.

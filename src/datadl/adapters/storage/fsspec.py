@@ -24,7 +24,7 @@ from collections.abc import (
 )
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, BinaryIO, ClassVar, Protocol, TypeVar
 
 import structlog
 
@@ -357,6 +357,20 @@ class FsspecBlobStore:
         finally:
             with self._translated(key):
                 await chunks.aclose()
+
+    async def open_local(self, key: str) -> BinaryIO | None:
+        """``key`` opened for binary reading if it is a local file (``file://``), else None.
+
+        The ``LocalFiles`` capability: a server may ``sendfile`` from it. The path is
+        confined to the root like every local read; the caller closes the file.
+        """
+        check_storage_key(key)
+        if not isinstance(self._backend, _LocalBackend):
+            return None
+        with self._translated(key):
+            # On the loop, as the local read's open is: cached metadata lookups only.
+            fd, _ = self._backend._open_for_read(key)
+            return os.fdopen(fd, "rb")
 
     async def stat(self, key: str) -> BlobStat:
         check_storage_key(key)

@@ -14,6 +14,7 @@ from aiohttp import web
 from datadl.domain.model import EXPORT_FORMATS
 from datadl.entrypoints.web import datasets, downloads, insight, ops, people
 from datadl.entrypoints.web.auth import derive_session_key
+from datadl.entrypoints.web.cache import READ_CACHE, ReadCache, invalidate_middleware
 from datadl.entrypoints.web.config import (
     CONFIG,
     DATADL,
@@ -43,9 +44,17 @@ RUNNER_OPTIONS: dict[str, Any] = {
 }
 
 _ID = Param("dataset_id", "path", description="The dataset id.")
-_FORMAT = Param("format", enum=EXPORT_FORMATS, description="Delivered format (default original).")
-_VERSION = Param("version", type="integer", description="An older version number.")
-_LIMIT = Param("limit", type="integer")
+_FORMAT = Param(
+    "format", enum=EXPORT_FORMATS, description="Delivered format (default original).", example="csv"
+)
+_VERSION = Param(
+    "version",
+    type="integer",
+    description="An older version number.",
+    minimum=1,
+    maximum=999_999_999,
+)
+_LIMIT = Param("limit", type="integer", minimum=1, maximum=100, example=20)
 _CURSOR = Param("cursor")
 
 _UPLOAD_PARAMS = (
@@ -235,7 +244,12 @@ ROUTES: tuple[Route, ...] = (
         people.download_history,
         "The dataset's download records.",
         "downloads",
-        params=(_ID, _LIMIT, _CURSOR, Param("status")),
+        params=(
+            _ID,
+            Param("limit", type="integer", minimum=1, maximum=200, example=50),
+            _CURSOR,
+            Param("status"),
+        ),
         returns="DownloadHistory",
         responses={"200": "Newest first."},
     ),
@@ -245,7 +259,7 @@ ROUTES: tuple[Route, ...] = (
         people.analytics,
         "Download analytics.",
         "downloads",
-        params=(_ID, Param("days", type="integer")),
+        params=(_ID, Param("days", type="integer", minimum=1, maximum=366, example=30)),
         returns="Analytics",
         responses={"200": "Totals and series."},
     ),
@@ -255,7 +269,13 @@ ROUTES: tuple[Route, ...] = (
         insight.preview,
         "A window of rows.",
         "insight",
-        params=(_ID, Param("offset", type="integer"), _LIMIT, Param("columns"), _VERSION),
+        params=(
+            _ID,
+            Param("offset", type="integer", minimum=0, example=0),
+            Param("limit", type="integer", minimum=1, maximum=1000, example=50),
+            Param("columns"),
+            _VERSION,
+        ),
         returns="Preview",
         responses={
             "200": "Rows.",
@@ -505,10 +525,11 @@ def create_app(
     elif base_url is not None:
         config = attrs.evolve(config, base_url=base_url)
     web_app = web.Application(
-        middlewares=[ops.observe_middleware, error_middleware],
+        middlewares=[ops.observe_middleware, invalidate_middleware, error_middleware],
         client_max_size=JSON_MAX_BYTES,
     )
     web_app[DATADL] = app
+    web_app[READ_CACHE] = ReadCache()
     web_app[CONFIG] = config
     web_app[METRICS] = Metrics()
     web_app[SESSION_KEY] = derive_session_key(app.keys.cursor_key())

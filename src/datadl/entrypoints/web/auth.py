@@ -18,6 +18,7 @@ from aiohttp import web
 from datadl.domain.access import CredentialKind, Principal
 from datadl.domain.decision import AuthRequired, Forbidden
 from datadl.domain.errors import NotFound
+from datadl.entrypoints.web.cache import READ_CACHE
 from datadl.entrypoints.web.config import CONFIG, DATADL, PRINCIPAL, SESSION_KEY
 
 SESSION_COOKIE = "datadl_session"
@@ -145,7 +146,13 @@ async def principal_of(request: web.Request) -> Principal:
                 "The Authorization header must be 'Bearer <api key>'.",
                 hint="Send 'Authorization: Bearer ddl_...' with a key from /api/v1/me/api-keys.",
             )
-        principal = await app.accounts.authenticate_api_key(credential.strip())
+        key = credential.strip()
+        cache = request.app[READ_CACHE]
+        cached = cache.principal(key)
+        if cached is None:
+            cached = await app.accounts.authenticate_api_key(key)
+            cache.remember_principal(key, cached)
+        principal = cached
     else:
         session = session_of(request)
         if session is not None:

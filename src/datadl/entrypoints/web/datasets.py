@@ -12,8 +12,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from datadl.domain.access import Principal
 from datadl.domain.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedFormat
-from datadl.domain.model import Dataset, FileFormat, Permission, Visibility
+from datadl.domain.model import Dataset, DatasetStatus, FileFormat, Permission, Visibility
 from datadl.entrypoints.web.auth import principal_of
+from datadl.entrypoints.web.cache import READ_CACHE
 from datadl.entrypoints.web.config import CONFIG, DATADL
 from datadl.entrypoints.web.render import (
     API,
@@ -117,10 +118,14 @@ def _bad_form(exc: Exception) -> BadRequest:
     )
 
 
-async def _part_body(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _part_body(part: BodyPartReader, reader: MultipartReader) -> AsyncIterator[bytes]:
     while True:
         try:
             chunk = await part.read_chunk(CHUNK)
+            if not chunk:
+                # A body that ends without the part's closing boundary is a cut upload:
+                # never publish what arrived of it as if it were the file.
+                await reader.next()
         except (ValueError, HttpProcessingError) as exc:
             raise _bad_form(exc) from None
         if not chunk:
@@ -157,7 +162,7 @@ async def _upload(
             if part.filename and "filename" not in fields:
                 fields["filename"] = part.filename
             part_type = part.headers.get("Content-Type")
-            return fields, _timed(_part_body(part), idle), part_type
+            return fields, _timed(_part_body(part, reader), idle), part_type
         if part.name in _FACT_FIELDS:
             try:
                 raw = await part.read_chunk(_FIELD_MAX)
@@ -236,8 +241,18 @@ async def list_datasets(request: web.Request) -> web.Response:
 async def get_dataset(request: web.Request) -> web.Response:
     """GET /api/v1/datasets/{id}."""
     app = request.app[DATADL]
-    dataset = await app.datasets.get(await principal_of(request), request.match_info["dataset_id"])
-    return json_response(await render_dataset(app, dataset))
+    principal = await principal_of(request)
+    dataset_id = request.match_info["dataset_id"]
+    cache = request.app[READ_CACHE]
+    cached = cache.dataset(dataset_id, principal)
+    if cached is not None:
+        return web.Response(body=cached, content_type="application/json", charset="utf-8")
+    dataset = await app.datasets.get(principal, dataset_id)
+    response = json_response(await render_dataset(app, dataset))
+    # A dataset under analysis changes without a request; only settled ones are kept.
+    if dataset.status is not DatasetStatus.ANALYZING and isinstance(response.body, bytes):
+        cache.remember_dataset(dataset_id, principal, response.body)
+    return response
 
 
 async def update_dataset(request: web.Request) -> web.Response:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
 import time
 import unicodedata
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 import structlog
@@ -17,9 +19,10 @@ from datadl.domain.conditional import format_http_date
 from datadl.domain.errors import BadRequest, DatadlError
 from datadl.domain.model import ORIGINAL
 from datadl.entrypoints.web.auth import principal_of
-from datadl.entrypoints.web.config import CONFIG, DATADL, METRICS, RESPONSE_STARTED
+from datadl.entrypoints.web.cache import READ_CACHE
+from datadl.entrypoints.web.config import CONFIG, DATADL, METRICS, RESPONSE_STARTED, WebConfig
 from datadl.entrypoints.web.render import API, json_response, read_json, record_json, rfc3339
-from datadl.services.downloads import ClientInfo, Download, DownloadAsk
+from datadl.services.downloads import ClientInfo, Download, DownloadAsk, SendFile
 
 log = structlog.get_logger()
 
@@ -87,6 +90,61 @@ def download_headers(download: Download) -> dict[str, str]:
     return headers
 
 
+def _sendfile(request: web.Request, config: WebConfig) -> SendFile | None:
+    """``loop.sendfile`` to the client, where the kernel can do it; None elsewhere.
+
+    Only asyncio's own selector loop sends natively on a plain TCP transport; on uvloop
+    or TLS ``loop.sendfile`` would fall back to executor reads, slower than the store's
+    own read loop, so the body is written from the store there instead.
+    """
+    loop = asyncio.get_running_loop()
+    transport = request.transport
+    if (
+        not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+        or transport is None
+        or transport.get_extra_info("sslcontext") is not None
+    ):
+        return None
+
+    async def sendfile(file: BinaryIO, offset: int, count: int) -> int:
+        # The service sizes slices to last a fraction of a second at the client's rate,
+        # so the write timeout catches a silent client here as it does on a write.
+        sending = asyncio.ensure_future(
+            loop.sendfile(transport, file, offset, count, fallback=False)
+        )
+        try:
+            done, _ = await asyncio.wait({sending}, timeout=config.write_timeout)
+        except BaseException:
+            await _stop_sending(transport, sending)
+            raise
+        if not done:
+            await _stop_sending(transport, sending)
+            raise TimeoutError("the client took nothing for the write timeout")
+        return sending.result()
+
+    return sendfile
+
+
+async def _stop_sending(transport: asyncio.Transport, sending: asyncio.Future[int]) -> None:
+    """End a pending ``loop.sendfile`` so that the file's position says what it sent.
+
+    Cancelling it would leave the position where the call began, losing the bytes it had
+    handed to the kernel; shutting the socket instead makes its next ``sendfile`` fail,
+    and asyncio then moves the position past what was sent. The connection is lost
+    either way.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    await asyncio.wait({sending}, timeout=5)
+    if not sending.done():
+        sending.cancel()
+    with contextlib.suppress(BaseException):
+        await sending
+    transport.abort()
+
+
 async def download(request: web.Request) -> web.StreamResponse:
     """GET and HEAD /api/v1/datasets/{id}/download."""
     app = request.app[DATADL]
@@ -116,11 +174,15 @@ async def download(request: web.Request) -> web.StreamResponse:
             channel=Channel.API if bearer else Channel.BROWSER,
         ),
     )
+    cache = request.app[READ_CACHE]
     try:
         opened = await app.downloads.open(principal, ask)
     except DatadlError as error:
         metrics.denials.labels(code=error.code).inc()
         raise
+    finally:
+        # A download changes its dataset's download_count (or, failing, its state).
+        cache.forget_dataset(ask.dataset_id)
     async with opened:
         response = web.StreamResponse(status=opened.status, headers=download_headers(opened))
         if opened.status != 304:
@@ -141,7 +203,7 @@ async def download(request: web.Request) -> web.StreamResponse:
                     await response.write(chunk)
 
             try:
-                await opened.send(write)
+                await opened.send(write, _sendfile(request, config))
             except (ConnectionError, TimeoutError) as exc:
                 # The client hung up or stalled: the service has recorded the abort with
                 # the bytes sent. Drop the connection; aiohttp ends such a response quietly.
@@ -152,6 +214,7 @@ async def download(request: web.Request) -> web.StreamResponse:
                 return response
             await response.write_eof()
         finally:
+            cache.forget_dataset(ask.dataset_id)
             metrics.active_downloads.dec()
             record = opened.record
             status = record.status.value if record is not None else "unknown"

@@ -278,6 +278,17 @@ SCHEMAS: dict[str, Any] = {
     "Status": _obj({"status": _STR, "checks": {"type": "object"}}, ["status"]),
 }
 
+#: Request bodies as API.md shows them: what the documentation and the examples phase of
+#: an OpenAPI test tool start from.
+_BODY_EXAMPLES: dict[str, dict[str, Any]] = {
+    "TokenRequest": {"format": "csv", "expires_in": 3600, "max_uses": 1, "accept_terms": True},
+    "ApiKeyRequest": {"name": "ci", "scopes": ["read", "download"], "expires_in": 2592000},
+    "GrantRequest": {"user": "member", "permission": "download"},
+    "DatasetPatch": {"title": "Palmer penguins", "tags": ["biology", "penguins"]},
+}
+for _name, _example in _BODY_EXAMPLES.items():
+    SCHEMAS[_name] = {**SCHEMAS[_name], "examples": [_example]}
+
 _DOWNLOAD_HEADERS = {
     name: {"schema": _STR, "description": text}
     for name, text in (
@@ -376,15 +387,20 @@ def _operation(route: Route) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": p.type}
         if p.enum:
             schema["enum"] = list(p.enum)
-        params.append(
-            {
-                "name": p.name,
-                "in": p.where,
-                "required": p.where == "path" or p.required,
-                "description": p.description,
-                "schema": schema,
-            }
-        )
+        if p.minimum is not None:
+            schema["minimum"] = p.minimum
+        if p.maximum is not None:
+            schema["maximum"] = p.maximum
+        param: dict[str, Any] = {
+            "name": p.name,
+            "in": p.where,
+            "required": p.where == "path" or p.required,
+            "description": p.description,
+            "schema": schema,
+        }
+        if p.example is not None:
+            param["example"] = p.example
+        params.append(param)
     if params:
         op["parameters"] = params
     if route.body == "upload":

@@ -8,6 +8,7 @@ from datadl.domain.accounting import DownloadStatus
 from datadl.domain.errors import BadRequest
 from datadl.domain.model import Scope
 from datadl.entrypoints.web.auth import principal_of
+from datadl.entrypoints.web.cache import READ_CACHE
 from datadl.entrypoints.web.config import DATADL
 from datadl.entrypoints.web.datasets import _limit
 from datadl.entrypoints.web.render import (
@@ -73,6 +74,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/me/api-keys/{key_id}."""
     app = request.app[DATADL]
     await app.accounts.revoke_api_key(await principal_of(request), request.match_info["key_id"])
+    request.app[READ_CACHE].forget_key(request.match_info["key_id"])
     return web.Response(status=204)
 
 

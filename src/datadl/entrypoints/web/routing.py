@@ -20,6 +20,9 @@ class Param:
     description: str = ""
     enum: tuple[str, ...] | None = None
     required: bool = False
+    minimum: int | None = None
+    maximum: int | None = None
+    example: Any = None
 
 
 @attrs.frozen
