@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -311,25 +312,77 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the data")
     parser.add_argument("--case", default=None, help="run one case (used internally)")
-    parser.add_argument("--only", default=None, help="run the cases whose name contains this")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="run the cases whose name contains this, or is it exactly if it starts with '=' "
+        "(several, comma-separated)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="generate the data into this directory once and reuse it on later runs "
+        "with the same --rows (delete it yourself when done)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run every case this many times, in turns"
+    )
     args = parser.parse_args()
     if args.case is not None:
         print(json.dumps(run_case(args.case, args.dir)))
+        return
+    if args.keep is not None:
+        _run_all(_kept(args.keep, args.rows), args.only, args.repeat)
         return
     with tempfile.TemporaryDirectory(prefix="datadl-bench-", dir=args.dir) as tmp:
         directory = Path(tmp)
         started = time.perf_counter()
         generate(directory, args.rows)
-        size = (directory / "data.csv").stat().st_size
-        print(
-            f"generated {args.rows:,} rows: csv {size / 2**20:,.0f} MiB, parquet "
-            f"{(directory / 'data.parquet').stat().st_size / 2**20:,.0f} MiB in "
-            f"{time.perf_counter() - started:.1f} s on {os.cpu_count()} cpus, "
-            f"{datetime.now(UTC):%Y-%m-%d}"
-        )
-        print(f"{'case':48} {'seconds':>9} {'peak RSS MB':>12}")
-        for name in CASES:
-            if args.only and args.only not in name:
+        _report_generated(directory, args.rows, time.perf_counter() - started)
+        _run_all(directory, args.only, args.repeat)
+
+
+def _kept(directory: Path, rows: int) -> Path:
+    """The data of ``rows`` rows in ``directory``, generated there unless already there."""
+    marker = directory / "rows"
+    if marker.exists() and marker.read_text().strip() == str(rows):
+        print(f"reusing the {rows:,} rows generated in {directory}")
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    started = time.perf_counter()
+    generate(directory, rows)
+    marker.write_text(str(rows))
+    _report_generated(directory, rows, time.perf_counter() - started)
+    return directory
+
+
+def _report_generated(directory: Path, rows: int, seconds: float) -> None:
+    size = (directory / "data.csv").stat().st_size
+    print(
+        f"generated {rows:,} rows: csv {size / 2**20:,.0f} MiB, parquet "
+        f"{(directory / 'data.parquet').stat().st_size / 2**20:,.0f} MiB in "
+        f"{seconds:.1f} s on {os.cpu_count()} cpus, {datetime.now(UTC):%Y-%m-%d}"
+    )
+
+
+def _matches(part: str, name: str) -> bool:
+    # "=name" asks for that case alone; anything else for every case containing it.
+    return part[1:] == name if part.startswith("=") else part in name
+
+
+def _run_all(directory: Path, only: str | None, repeat: int = 1) -> None:
+    """Run the cases, each ``repeat`` times in turns (so that load from other work on the
+    machine falls on every case alike), and print each case's median and best time."""
+    wanted = [part for part in (only or "").split(",") if part]
+    names = [name for name in CASES if not wanted or any(_matches(part, name) for part in wanted)]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, float] = dict.fromkeys(names, 0.0)
+    failed: dict[str, str] = {}
+    for _ in range(repeat):
+        for name in names:
+            if name in failed:
                 continue
             # The script runs itself, with arguments it built: no untrusted input.
             result = subprocess.run(  # noqa: S603
@@ -339,10 +392,21 @@ def main() -> None:
                 check=False,
             )
             if result.returncode != 0:
-                print(f"{name:48} failed: {result.stderr.strip().splitlines()[-1:]}")
+                failed[name] = str(result.stderr.strip().splitlines()[-1:])
                 continue
             line = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"{name:48} {line['seconds']:>9.3f} {line['peak_rss_mb']:>12.1f}")
+            seconds[name].append(line["seconds"])
+            peaks[name] = max(peaks[name], line["peak_rss_mb"])
+    print(f"{'case':48} {'seconds':>9} {'best':>9} {'peak RSS MB':>12}   (median of {repeat})")
+    for name in names:
+        if name in failed:
+            print(f"{name:48} failed: {failed[name]}")
+            continue
+        times = seconds[name]
+        print(
+            f"{name:48} {statistics.median(times):>9.3f} {min(times):>9.3f} {peaks[name]:>12.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

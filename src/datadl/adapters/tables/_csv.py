@@ -13,6 +13,8 @@ import pyarrow.csv as pacsv
 from datadl.adapters.tables._bridge import Aborted
 from datadl.adapters.tables._infer import NULL_SPELLINGS, ColumnGuess, ColumnPlan
 from datadl.adapters.tables._plan import (
+    Ahead,
+    Regroup,
     TextPlan,
     arrow_message,
     column_pool,
@@ -154,19 +156,27 @@ def _is_encoding_error(exc: BaseException) -> bool:
 
 
 def scan(
-    open_stream: Callable[[], BinaryIO], *, delimiter: str, limit_rows: int | None = None
+    open_stream: Callable[[], BinaryIO],
+    *,
+    delimiter: str,
+    limit_rows: int | None = None,
+    ahead: Ahead | None = None,
 ) -> TextPlan:
     """First pass over a delimited file: encoding, header, column types and row count.
 
-    With ``limit_rows`` the pass stops after about that many rows (a partial plan).
+    With ``limit_rows`` the pass stops after about that many rows (a partial plan). With
+    ``ahead`` (and no limit) the rows are also handed on, typed as inferred so far, in the
+    same batches a second pass would give (see ``Ahead``).
     """
+    if ahead is not None and limit_rows is not None:
+        ahead.stop()
     with open_stream() as stream:
         head = _read_head(stream)
     encoding = _encoding_of(head)
     candidates = (encoding, *_FALLBACK_ENCODINGS) if encoding == "utf8" else (encoding,)
     for candidate in candidates:
         try:
-            return _scan_with(open_stream, head, candidate, delimiter, limit_rows)
+            return _scan_with(open_stream, head, candidate, delimiter, limit_rows, ahead)
         except _NotThisEncoding:
             continue
     raise unsupported("The file's text encoding could not be recognised.")  # pragma: no cover
@@ -178,7 +188,10 @@ def _scan_with(
     encoding: str,
     delimiter: str,
     limit_rows: int | None,
+    ahead: Ahead | None,
 ) -> TextPlan:
+    if ahead is not None and not ahead.active:
+        ahead = None
     if not head.removeprefix(_UTF8_BOM).strip():
         return TextPlan(columns=(), row_count=0, encoding=encoding, delimiter=delimiter)
     record = _first_record(head, encoding, delimiter)
@@ -198,15 +211,20 @@ def _scan_with(
     first_row: list[str | None] | None = None
     rows = 0
     complete = True
+    tentative = _Tentative(ahead, record) if ahead is not None else None
     try:
         with open_stream() as stream, column_pool() as pool:
             batches = _string_batches(stream, options, ragged)
             for batch in batches:
+                head_row = None
                 if first_row is None and batch.num_rows:
                     first_row = [batch.column(i)[0].as_py() for i in range(width)]
+                    head_row = batch.slice(0, 1)
                     batch = batch.slice(1)
                 rows += batch.num_rows
                 list(pool.map(ColumnGuess.observe, guesses, batch.columns))
+                if tentative is not None and first_row is not None:
+                    tentative.step(guesses, first_row, head_row, batch, pool)
                 if limit_rows is not None and rows >= limit_rows:
                     complete = False
                     batches.close()
@@ -220,12 +238,7 @@ def _scan_with(
             f"The file does not parse as delimited text: {arrow_message(exc)}"
         ) from exc
     plans = [g.plan() for g in guesses]
-    header = True
-    if first_row is not None:
-        typed = [i for i, p in enumerate(plans) if p.kind is not None]
-        # Without a header every cell of the first row reads as its column's type.
-        if typed and all(plans[i].fits(first_row[i]) for i in typed):
-            header = False
+    header = _has_header(plans, first_row)
     if header:
         names = unique_names(record)
     else:
@@ -235,6 +248,8 @@ def _scan_with(
             guess.observe(row0.slice(i, 1))
         rows += 1
     columns = tuple(g.plan(name) for g, name in zip(guesses, names, strict=True))
+    if tentative is not None:
+        tentative.finish(columns, header)
     return TextPlan(
         columns=columns,
         row_count=rows,
@@ -243,6 +258,90 @@ def _scan_with(
         header=header,
         complete=complete,
     )
+
+
+def _has_header(plans: Sequence[ColumnPlan], first_row: Sequence[str | None] | None) -> bool:
+    if first_row is None:
+        return True
+    typed = [i for i, p in enumerate(plans) if p.kind is not None]
+    # Without a header every cell of the first row reads as its column's type.
+    return not (typed and all(plans[i].fits(first_row[i]) for i in typed))
+
+
+class _Tentative:
+    """Hands a first pass's rows on to ``ahead``, typed as inferred so far.
+
+    The plan is fixed after the first batch; every later batch is handed on only once it
+    has been observed and the plan still reads every column the same way. Batches are cut
+    as the second pass cuts them (its rows, regrouped to ``batch_rows``), so the work
+    gets exactly the batches it would have got from a second pass.
+    """
+
+    def __init__(self, ahead: Ahead, record: Sequence[str]) -> None:
+        self._ahead = ahead
+        self._record = record
+        self._plans: tuple[ColumnPlan, ...] | None = None
+        self._header = True
+        self._regroup = Regroup(ahead.batch_rows)
+        self._schema: pa.Schema | None = None
+
+    def step(
+        self,
+        guesses: Sequence[ColumnGuess],
+        first_row: Sequence[str | None],
+        head_row: pa.RecordBatch | None,
+        batch: pa.RecordBatch,
+        pool: Any,
+    ) -> None:
+        if not self._ahead.active:
+            return
+        current = [g.plan() for g in guesses]
+        if self._plans is None:
+            self._header = _has_header(current, first_row)
+            names = (
+                unique_names(self._record)
+                if self._header
+                else [f"column_{i + 1}" for i in range(len(current))]
+            )
+            self._plans = tuple(
+                ColumnPlan(name, p.kind, p.arrow_type, p.date_formats)
+                for p, name in zip(current, names, strict=True)
+            )
+            self._schema = pa.schema([pa.field(p.name, p.arrow_type) for p in self._plans])
+            self._ahead.start(self._schema)
+            if not self._header and head_row is not None:
+                self._hand_on(self._regroup.push(head_row), pool)
+        elif not all(a.reads_like(b) for a, b in zip(self._plans, current, strict=True)):
+            self._ahead.stop()
+            return
+        self._hand_on(self._regroup.push(batch), pool)
+
+    def _hand_on(self, ready: list[pa.RecordBatch], pool: Any) -> None:
+        assert self._plans is not None
+        for strings in ready:
+            if not self._ahead.active:
+                return
+            try:
+                arrays = list(pool.map(ColumnPlan.convert, self._plans, strings.columns))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                self._ahead.stop()
+                return
+            self._ahead.feed(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
+
+    def finish(self, columns: Sequence[ColumnPlan], header: bool) -> None:
+        """The pass is over: hand on the last rows, and say whether the work holds."""
+        if not self._ahead.active or self._plans is None:
+            self._ahead.stop()
+            return
+        same = header == self._header and all(
+            a.name == b.name and a.reads_like(b) for a, b in zip(self._plans, columns, strict=True)
+        )
+        if not same:
+            self._ahead.stop()
+            return
+        with column_pool() as pool:
+            self._hand_on(self._regroup.flush(), pool)
+        self._ahead.held = self._ahead.active
 
 
 def batches(

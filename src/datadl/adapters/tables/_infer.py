@@ -70,8 +70,30 @@ class ColumnPlan:
         """Turn a string array of this column into its typed array (nulls stay nulls)."""
         if self.kind is None:
             return values
+        if self._strict:
+            # A cast refuses any surrounding white space, so one that succeeds on the raw
+            # text gives what it would give on the trimmed text: trim only on failure.
+            try:
+                return pc.cast(values, self.arrow_type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
         trimmed = pc.utf8_trim_whitespace(values)
         return _convert(trimmed, self.kind, self.arrow_type, self.date_formats)
+
+    @property
+    def _strict(self) -> bool:
+        # Booleans and non-ISO dates read unknown spellings as null rather than failing.
+        return self.kind is not Kind.BOOLEAN and (
+            self.kind is not Kind.DATE or tuple(self.date_formats) == (DATE_FORMATS[0],)
+        )
+
+    def reads_like(self, other: ColumnPlan) -> bool:
+        """Whether this plan turns any text into the same values as ``other`` does."""
+        return (
+            self.kind is other.kind
+            and self.arrow_type == other.arrow_type
+            and self.date_formats == other.date_formats
+        )
 
     def fits(self, cell: str | None) -> bool:
         """Whether one raw cell reads as this column's type (a header check)."""
@@ -131,6 +153,19 @@ def _regex_fits(values: pa.Array, pattern: str, target: pa.DataType) -> tuple[in
     return len(shaped) - _count_failures(shaped, target), mask
 
 
+class _Trimmed:
+    """A batch of raw text and, computed once when first asked for, its trimmed text."""
+
+    def __init__(self, raw: pa.Array) -> None:
+        self.raw = raw
+        self._trimmed: pa.Array | None = None
+
+    def trimmed(self) -> pa.Array:
+        if self._trimmed is None:
+            self._trimmed = pc.utf8_trim_whitespace(self.raw)
+        return self._trimmed
+
+
 class ColumnGuess:
     """Incremental evidence about one text column, batch after batch.
 
@@ -154,13 +189,16 @@ class ColumnGuess:
 
     def observe(self, values: pa.Array) -> None:
         """Take one batch of raw string cells (nulls already applied)."""
-        present = values.drop_null()
+        present = values.drop_null() if values.null_count else values
         n = len(present)
         if n == 0:
             return
         first = self.count == 0
         self.count += n
-        trimmed = pc.utf8_trim_whitespace(present)
+        if not self._fits:
+            # No kind is left to count: the column is text, whatever this batch holds.
+            return
+        trimmed = _Trimmed(present)
         # Every integer reads as a float and every ISO date as a timestamp: a batch that
         # fits the narrower kind needs no check of the wider one.
         settled: set[Kind] = set()
@@ -183,17 +221,16 @@ class ColumnGuess:
             if kind not in self._alive and self._fits[kind] < _DOMINANT * self.count:
                 del self._fits[kind]
 
-    def _fit_count(self, kind: Kind, values: pa.Array, *, first: bool) -> int:
-        n = len(values)
+    def _fit_count(self, kind: Kind, text: _Trimmed, *, first: bool) -> int:
+        n = len(text.raw)
+        if kind in self._alive and self._all_fit_strictly(kind, text.raw):
+            # Every raw value fits, so none has white space around it: raw is trimmed.
+            return self._fit_all(kind, text.raw)
+        values = text.trimmed()
         probe = values.slice(0, _PROBE)
         if kind in self._alive:
             if self._all_fit(kind, probe) and self._all_fit(kind, values):
-                if kind is Kind.DATE:
-                    self._date_fits[DATE_FORMATS[0]] += n
-                if kind is Kind.TIMESTAMP:
-                    # Values that parse as timestamps are date-only exactly when 10 long.
-                    self._ts_date_only += _count(pc.equal(pc.utf8_length(values), 10))
-                return n
+                return self._fit_all(kind, values)
             if kind is Kind.DATE and self._exact_fit(kind, probe, record=False) == len(probe):
                 # Dates in layouts other than ISO: count each layout over the whole batch.
                 fit = self._exact_fit(kind, values, record=True)
@@ -209,6 +246,21 @@ class ColumnGuess:
             # The first values already show this kind cannot explain most of the column.
             return 0
         return self._exact_fit(kind, values, record=True)
+
+    def _fit_all(self, kind: Kind, values: pa.Array) -> int:
+        # Every one of the (trimmed) values fits ``kind``.
+        if kind is Kind.DATE:
+            self._date_fits[DATE_FORMATS[0]] += len(values)
+        if kind is Kind.TIMESTAMP:
+            # Values that parse as timestamps are date-only exactly when 10 long.
+            self._ts_date_only += _count(pc.equal(pc.utf8_length(values), 10))
+        return len(values)
+
+    def _all_fit_strictly(self, kind: Kind, raw: pa.Array) -> bool:
+        # The casts behind ``_all_fit`` refuse surrounding white space (booleans do not).
+        if kind is Kind.BOOLEAN:
+            return False
+        return self._all_fit(kind, raw.slice(0, _PROBE)) and self._all_fit(kind, raw)
 
     def _all_fit(self, kind: Kind, values: pa.Array) -> bool:
         if kind is Kind.BOOLEAN:

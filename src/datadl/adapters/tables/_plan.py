@@ -65,29 +65,75 @@ def unique_names(raw: Sequence[str | None]) -> list[str]:
     return names
 
 
-def rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The same rows in batches of about ``rows``: large ones sliced, small ones joined.
+class Regroup:
+    """Batches pushed in, batches of about ``rows`` out: large ones sliced, small ones joined.
 
     Readers hand out batches of whatever their blocks held; every later step has a cost
-    per batch, so small ones are gathered (one copy) and large ones sliced (no copy).
+    per batch, so small ones are gathered (one copy) and large ones sliced (no copy). The
+    batches out depend only on the sequence of rows pushed, not on how it was split.
     """
-    pending: list[pa.RecordBatch] = []
-    held = 0
-    for batch in batches:
+
+    def __init__(self, rows: int) -> None:
+        self._rows = rows
+        self._pending: list[pa.RecordBatch] = []
+        self._held = 0
+
+    def push(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Take ``batch``; return the whole batches of ``rows`` now ready."""
         if batch.num_rows == 0:
-            continue
-        pending.append(batch)
-        held += batch.num_rows
-        if held < rows:
-            continue
+            return []
+        self._pending.append(batch)
+        self._held += batch.num_rows
+        if self._held < self._rows:
+            return []
+        pending, held, rows = self._pending, self._held, self._rows
         joined = pending[0] if len(pending) == 1 else pa.concat_batches(pending)
         whole = held - held % rows
-        for start in range(0, whole, rows):
-            yield joined.slice(start, rows)
-        pending = [joined.slice(whole)] if whole < held else []
-        held -= whole
-    if pending:
-        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+        ready = [joined.slice(start, rows) for start in range(0, whole, rows)]
+        self._pending = [joined.slice(whole)] if whole < held else []
+        self._held = held - whole
+        return ready
+
+    def flush(self) -> list[pa.RecordBatch]:
+        """The rows still held, as one batch (or none)."""
+        pending, self._pending, self._held = self._pending, [], 0
+        if not pending:
+            return []
+        return [pending[0] if len(pending) == 1 else pa.concat_batches(pending)]
+
+
+def rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of about ``rows`` (see ``Regroup``)."""
+    regroup = Regroup(rows)
+    for batch in batches:
+        yield from regroup.push(batch)
+    yield from regroup.flush()
+
+
+class Ahead:
+    """Work done on a first pass's rows while their types are still being inferred.
+
+    A first pass over delimited text may hand its rows on, in batches of ``batch_rows``
+    typed with the columns' types as inferred so far, to work that would otherwise need a
+    second pass (a profile's statistics). It stops as soon as a type changes; the work is
+    valid only when ``held`` after the pass, that is when the final plan reads every row
+    exactly as the tentative one did. Subclasses do the work in ``start`` and ``feed``.
+    """
+
+    def __init__(self, batch_rows: int) -> None:
+        self.batch_rows = batch_rows
+        self.active = True
+        self.held = False
+
+    def start(self, schema: pa.Schema) -> None:
+        """Begin (again) with rows of ``schema``; anything fed before is void."""
+
+    def feed(self, batch: pa.RecordBatch) -> None:
+        """Take the next typed batch."""
+
+    def stop(self) -> None:
+        """A type changed: the work is void and nothing more will be fed."""
+        self.active = False
 
 
 class _Failed:

@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 from datadl.adapters.tables import _csv, _json, _xlsx
 from datadl.adapters.tables._bridge import Aborted, Input
 from datadl.adapters.tables._infer import Finding
-from datadl.adapters.tables._plan import TextPlan, arrow_message, rechunk, unique_names, unsupported
+from datadl.adapters.tables._plan import (
+    Ahead,
+    TextPlan,
+    arrow_message,
+    rechunk,
+    unique_names,
+    unsupported,
+)
 from datadl.domain.errors import DatadlError, UnsupportedFormat
 from datadl.domain.model import FileFormat
 
@@ -19,12 +26,23 @@ _PARQUET_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeErr
 
 
 def scan_text(
-    fmt: FileFormat, source: Input, *, batch_rows: int, limit_rows: int | None = None
+    fmt: FileFormat,
+    source: Input,
+    *,
+    batch_rows: int,
+    limit_rows: int | None = None,
+    ahead: Ahead | None = None,
 ) -> TextPlan:
-    """The first pass over a file without a declared schema (every format but parquet)."""
+    """The first pass over a file without a declared schema (every format but parquet).
+
+    ``ahead`` gets the rows of csv and tsv during the pass (see ``Ahead``); it is stopped
+    at once for the other formats.
+    """
     if fmt in (FileFormat.CSV, FileFormat.TSV):
         delimiter = "\t" if fmt is FileFormat.TSV else ","
-        return _csv.scan(source.stream, delimiter=delimiter, limit_rows=limit_rows)
+        return _csv.scan(source.stream, delimiter=delimiter, limit_rows=limit_rows, ahead=ahead)
+    if ahead is not None:
+        ahead.stop()
     if fmt in (FileFormat.JSON, FileFormat.JSONL):
         return _json.scan(source.stream, array=fmt is FileFormat.JSON, limit_rows=limit_rows)
     if fmt is FileFormat.XLSX:

@@ -251,23 +251,61 @@ def _array_part(rows: pa.Array, first: bool) -> bytes:
     return head + _joined(rows.slice(0, last), ",\n") + _joined(rows.slice(last), "")
 
 
+#: A column is dictionary-encoded when its first batch has at most this share of distinct
+#: values. Measured on the benchmark's 2 M rows: dictionary-encoding every column made
+#: writing parquet twice as slow, and the file bigger (62 MiB against 49 MiB), because the
+#: writer builds a dictionary for each high-cardinality column only to abandon it.
+_DICTIONARY_SHARE = 0.5
+
+
+def dictionary_columns(batch: pa.RecordBatch) -> bool | list[str]:
+    """The columns worth a parquet dictionary, judged on one batch (True: all of them)."""
+    if any(pa.types.is_nested(f.type) for f in batch.schema):
+        return True
+    chosen: list[str] = []
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        present = len(column) - column.null_count
+        try:
+            distinct = pc.count_distinct(column).as_py() if present else 0
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            distinct = 0
+        if distinct <= _DICTIONARY_SHARE * present:
+            chosen.append(field.name)
+    return chosen
+
+
 def write_parquet(
     batches: Iterable[pa.RecordBatch], schema: pa.Schema, emit: Emit, *, row_group_rows: int
 ) -> None:
-    """parquet, in row groups of ``row_group_rows`` rows, each emitted once written."""
+    """parquet, in row groups of ``row_group_rows`` rows, each emitted once written.
+
+    Columns are dictionary-encoded when their first batch has few distinct values.
+    """
     sink = _Collector()
-    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
+    writer: pq.ParquetWriter | None = None
     pending: list[pa.RecordBatch] = []
     held = 0
+
+    def open_writer(first: pa.RecordBatch | None) -> pq.ParquetWriter:
+        dictionary = True if first is None else dictionary_columns(first)
+        return pq.ParquetWriter(
+            pa.PythonFile(sink, mode="w"),
+            schema,
+            compression="zstd",
+            use_dictionary=dictionary,
+        )
 
     def flush() -> None:
         nonlocal pending, held
         if pending:
+            assert writer is not None
             writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=held)
             pending, held = [], 0
             emit(sink.drain())
 
     for batch in batches:
+        if writer is None:
+            writer = open_writer(batch)
         while batch.num_rows:
             take = min(batch.num_rows, row_group_rows - held)
             pending.append(batch.slice(0, take))
@@ -275,6 +313,8 @@ def write_parquet(
             batch = batch.slice(take)
             if held >= row_group_rows:
                 flush()
+    if writer is None:
+        writer = open_writer(None)
     flush()
     writer.close()
     emit(sink.drain())

@@ -16,7 +16,13 @@ second pass reads with that schema, so a type is stable across batches: integers
 text further down make a text column and a ``type_mismatch`` issue, not a crash. The
 first pass's plan is remembered per content (sha256 and format), so previews and
 conversions after a profile skip it; a preview of a file not yet profiled infers from the
-rows up to its window only. csv and tsv: UTF-8 (with or without BOM), else UTF-16 with a
+rows up to its window only. For csv and tsv a profile or a conversion (but to xlsx) with no
+plan yet makes do with the one pass when it can: the rows are typed as inferred so far and
+handed to the statistics (or written to a local spool file) during inference, in the very
+batches a second pass would give; if any column's type changes on the way, that work is
+dropped and the second pass runs as before. Results are the same either way.
+
+csv and tsv: UTF-8 (with or without BOM), else UTF-16 with a
 BOM, else cp1252, else Latin-1; comma, or semicolon when the header has no comma;
 ``""``, ``NA``, ``N/A``, ``null``, ``NaN`` and ``-`` are missing values; "Yes"/"No"
 stay text; a first row whose every cell fits its column's (non-text) type is data, not a
@@ -54,17 +60,20 @@ Conversion round trips. Parquet carries every arrow type. What the others cannot
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import pyarrow as pa
 import structlog
 
 from datadl.adapters.system import SystemClock
 from datadl.adapters.tables import _writers
 from datadl.adapters.tables._bridge import IoContext, StoredInput, run_job, stream_job
-from datadl.adapters.tables._plan import TextPlan, prefetch
+from datadl.adapters.tables._plan import Ahead, TextPlan, prefetch
 from datadl.adapters.tables._quality import report
 from datadl.adapters.tables._render import logical_type, render_array
 from datadl.adapters.tables._sources import Table, open_table, scan_text
@@ -76,11 +85,161 @@ from datadl.ports.clock import Clock
 from datadl.ports.storage import BlobStore
 from datadl.ports.tables import ConvertOptions
 
+_SPOOL_CHUNK = 1 << 20
+_FED = 2
+_DONE = object()
+_VOID = object()
+
+
+class _Voided(Exception):
+    """The rows being written became void: the writer stops."""
+
+
+class _WriteAhead(Ahead):
+    """A conversion written during a first pass, by a writer thread, to a local spool file.
+
+    ``write(batches, schema, emit)`` is the conversion; it runs in its own thread over the
+    batches fed (at most ``_FED`` waiting), and its output goes to ``path``.
+    """
+
+    def __init__(
+        self,
+        batch_rows: int,
+        write: Callable[[Iterable[pa.RecordBatch], pa.Schema, _writers.Emit], None],
+        path: str,
+    ) -> None:
+        super().__init__(batch_rows)
+        self._write = write
+        self._path = path
+        self._queue: queue.Queue[object] | None = None
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    def start(self, schema: pa.Schema) -> None:
+        self._end(_VOID)
+        self._failed = None
+        waiting: queue.Queue[object] = queue.Queue(maxsize=_FED)
+        ended = threading.Event()
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            while True:
+                item = waiting.get()
+                if item is _DONE or item is _VOID:
+                    ended.set()
+                    if item is _VOID:
+                        raise _Voided
+                    return
+                assert isinstance(item, pa.RecordBatch)
+                yield item
+
+        def run() -> None:
+            try:
+                with open(self._path, "wb") as out:
+
+                    def emit(chunk: bytes) -> None:
+                        out.write(chunk)
+
+                    self._write(batches(), schema, emit)
+            except BaseException as exc:  # reported through result()
+                self._failed = exc
+            # Whatever is still fed is taken off, so that the feeder never blocks.
+            while not ended.is_set():
+                item = waiting.get()
+                if item is _DONE or item is _VOID:
+                    ended.set()
+
+        self._queue = waiting
+        self._thread = threading.Thread(target=run, name="datadl-write-ahead", daemon=True)
+        self._thread.start()
+
+    def feed(self, batch: pa.RecordBatch) -> None:
+        assert self._queue is not None
+        self._queue.put(batch)
+
+    def stop(self) -> None:
+        super().stop()
+        self._end(_VOID)
+
+    def _end(self, item: object) -> None:
+        if self._thread is None or self._queue is None:
+            return
+        self._queue.put(item)
+        self._thread.join()
+        self._thread = self._queue = None
+
+    def result(self) -> bool:
+        """Whether the whole conversion is in the spool file (types held, writing worked)."""
+        if not self.held:
+            return False
+        self._end(_DONE)
+        if self._failed is not None:
+            # The second pass will meet the same failure and report it properly.
+            logger.debug("write_ahead_failed", error=repr(self._failed))
+            return False
+        return True
+
+    def close(self) -> None:
+        self._end(_VOID)
+
+
 #: Changes whenever profiles or conversions would come out differently.
 ENGINE_VERSION = "arrow-1"
 MAX_PREVIEW_ROWS = 1000
 
 logger = structlog.get_logger()
+
+
+class _StatsAhead(Ahead):
+    """Statistics taken during a first pass, in a worker thread one batch behind the reader."""
+
+    def __init__(self, batch_rows: int, *, exact_distinct: int, exact_rows: int) -> None:
+        super().__init__(batch_rows)
+        self._exact_distinct = exact_distinct
+        self._exact_rows = exact_rows
+        self._stats: TableStats | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="datadl-ahead")
+        self._pending: Future[None] | None = None
+
+    def start(self, schema: pa.Schema) -> None:
+        self._drop()
+        self._stats = TableStats(
+            schema, exact_distinct=self._exact_distinct, exact_rows=self._exact_rows
+        )
+
+    def feed(self, batch: pa.RecordBatch) -> None:
+        assert self._stats is not None
+        self._wait()
+        self._pending = self._worker.submit(self._stats.observe, batch)
+
+    def stop(self) -> None:
+        super().stop()
+        self._drop()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _drop(self) -> None:
+        try:
+            self._wait()
+        except Exception:  # the work is void anyway
+            logger.debug("speculative_statistics_failed", exc_info=True)
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+
+    def result(self) -> TableStats | None:
+        """The statistics of every row, if the pass's types held to the end (else None)."""
+        if not self.held or self._stats is None:
+            return None
+        self._wait()
+        stats, self._stats = self._stats, None
+        return stats
+
+    def close(self) -> None:
+        self._drop()
+        self._worker.shutdown(wait=True)
 
 
 class ArrowTableEngine:
@@ -99,7 +258,7 @@ class ArrowTableEngine:
         *,
         batch_rows: int = 65_536,
         exact_distinct: int = 100_000,
-        exact_rows: int = 4_000_000,
+        exact_rows: int = 1_000_000,
         row_group_rows: int = 131_072,
         plan_cache_size: int = 256,
         clock: Clock | None = None,
@@ -177,14 +336,30 @@ class ArrowTableEngine:
 
     def _profile(self, ctx: IoContext, file: DatasetFile, size: int) -> TableProfile:
         source = StoredInput(ctx, file.storage_key, size)
-        table = self._open(file, source)
-        stats = TableStats(
-            table.schema, exact_distinct=self._exact_distinct, exact_rows=self._exact_rows
-        )
+        stats: TableStats | None = None
+        if file.format in (FileFormat.CSV, FileFormat.TSV) and self._cached_plan(file) is None:
+            # One pass instead of two: statistics are taken during type inference, and
+            # kept only if no column's type changed on the way (else a second pass).
+            ahead = _StatsAhead(
+                self._batch_rows, exact_distinct=self._exact_distinct, exact_rows=self._exact_rows
+            )
+            try:
+                plan = scan_text(file.format, source, batch_rows=self._batch_rows, ahead=ahead)
+                stats = ahead.result()
+            finally:
+                ahead.close()
+            self._remember(file, plan)
+            table = open_table(file.format, source, batch_rows=self._batch_rows, plan=plan)
+        else:
+            table = self._open(file, source)
         try:
-            for batch in prefetch(table.batches()):
-                ctx.check()
-                stats.observe(batch)
+            if stats is None:
+                stats = TableStats(
+                    table.schema, exact_distinct=self._exact_distinct, exact_rows=self._exact_rows
+                )
+                for batch in prefetch(table.batches()):
+                    ctx.check()
+                    stats.observe(batch)
             statistics, duplicates = stats.finish()
             quality = report(
                 rows=stats.rows,
@@ -194,7 +369,8 @@ class ArrowTableEngine:
                 duplicate_rows=duplicates,
             )
         finally:
-            stats.close()
+            if stats is not None:
+                stats.close()
         columns = tuple(
             Column(
                 name=field.name,
@@ -283,20 +459,27 @@ class ArrowTableEngine:
         self, file: DatasetFile, target: FileFormat, options: ConvertOptions
     ) -> AsyncIterator[bytes]:
         size = await self._input_size(file)
-        # Everything that can refuse the request runs before the first byte is sent.
-        rows, width = await run_job(self._blobs, lambda ctx: self._shape(ctx, file, size))
-        if target is FileFormat.XLSX:
-            problem = _writers.xlsx_too_large(rows, width)
-            if problem is not None:
-                raise TooManyRows(
-                    problem,
-                    hint="Download the dataset as csv or parquet instead.",
-                    extra={"limit_rows": _writers.XLSX_MAX_ROWS},
-                )
+        ahead = (
+            file.format in (FileFormat.CSV, FileFormat.TSV)
+            and target is not FileFormat.XLSX
+            and self._cached_plan(file) is None
+        )
+        if not ahead:
+            # Everything that can refuse the request runs before the first byte is sent.
+            rows, width = await run_job(self._blobs, lambda ctx: self._shape(ctx, file, size))
+            if target is FileFormat.XLSX:
+                problem = _writers.xlsx_too_large(rows, width)
+                if problem is not None:
+                    raise TooManyRows(
+                        problem,
+                        hint="Download the dataset as csv or parquet instead.",
+                        extra={"limit_rows": _writers.XLSX_MAX_ROWS},
+                    )
         started = time.perf_counter()
         sent = 0
         async for chunk in stream_job(
-            self._blobs, lambda ctx, emit: self._write(ctx, file, size, target, options, emit)
+            self._blobs,
+            lambda ctx, emit: self._write(ctx, file, size, target, options, emit, ahead=ahead),
         ):
             sent += len(chunk)
             yield chunk
@@ -322,27 +505,63 @@ class ArrowTableEngine:
         target: FileFormat,
         options: ConvertOptions,
         emit: _writers.Emit,
+        *,
+        ahead: bool = False,
     ) -> None:
-        table = self._open(file, StoredInput(ctx, file.storage_key, size))
+        source = StoredInput(ctx, file.storage_key, size)
+        if ahead:
+            # One pass instead of two: the output is written to a local spool file during
+            # type inference and sent only if no column's type changed on the way.
+            spool = ctx.spool_path()
+            writer = _WriteAhead(
+                self._batch_rows,
+                lambda batches, schema, out: self._write_batches(
+                    batches, schema, target, options, out, ctx
+                ),
+                spool,
+            )
+            try:
+                plan = scan_text(file.format, source, batch_rows=self._batch_rows, ahead=writer)
+                written = writer.result()
+            finally:
+                writer.close()
+            self._remember(file, plan)
+            if written:
+                with open(spool, "rb") as handle:
+                    while chunk := handle.read(_SPOOL_CHUNK):
+                        emit(chunk)
+                return
+            table = open_table(file.format, source, batch_rows=self._batch_rows, plan=plan)
+        else:
+            table = self._open(file, source)
 
         def batches() -> Any:
             for batch in prefetch(table.batches()):
                 ctx.check()
                 yield batch
 
+        self._write_batches(batches(), table.schema, target, options, emit, ctx)
+
+    def _write_batches(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        target: FileFormat,
+        options: ConvertOptions,
+        emit: _writers.Emit,
+        ctx: IoContext,
+    ) -> None:
         if target in (FileFormat.CSV, FileFormat.TSV):
             _writers.write_delimited(
-                batches(),
-                table.schema,
+                batches,
+                schema,
                 emit,
                 delimiter="\t" if target is FileFormat.TSV else ",",
                 neutralise=options.neutralize_formulas,
             )
         elif target in (FileFormat.JSON, FileFormat.JSONL):
-            _writers.write_json(batches(), emit, lines=target is FileFormat.JSONL)
+            _writers.write_json(batches, emit, lines=target is FileFormat.JSONL)
         elif target is FileFormat.PARQUET:
-            _writers.write_parquet(
-                batches(), table.schema, emit, row_group_rows=self._row_group_rows
-            )
+            _writers.write_parquet(batches, schema, emit, row_group_rows=self._row_group_rows)
         else:
-            _writers.write_xlsx(batches(), table.schema, emit, path=ctx.spool_path())
+            _writers.write_xlsx(batches, schema, emit, path=ctx.spool_path())
