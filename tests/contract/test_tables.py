@@ -928,7 +928,8 @@ async def test_formula_neutralisation_prefixes_risky_cells_only_when_asked(
     blobs: MemoryBlobStore, engine: ArrowTableEngine, fmt: FileFormat, separator: str
 ) -> None:
     """Neutralising quotes cells starting with =, +, -, @, tab or CR; the rest stay as they are."""
-    table = pa.table({"=h": _FORMULAS, "n": [-1] * len(_FORMULAS)})
+    whole = [-3.0] * len(_FORMULAS)  # whole floats are written as text, yet are numbers
+    table = pa.table({"=h": _FORMULAS, "n": [-1] * len(_FORMULAS), "f": whole})
     file = await stored(blobs, parquet_bytes(table), FileFormat.PARQUET)
     plain = await converted(engine, file, fmt)
     safe = await converted(engine, file, fmt, neutralize_formulas=True)
@@ -936,11 +937,12 @@ async def test_formula_neutralisation_prefixes_risky_cells_only_when_asked(
     def cells(data: bytes) -> list[list[str]]:
         return list(csv.reader(io.StringIO(data.decode(), newline=""), delimiter=separator))
 
-    assert cells(plain)[0] == ["=h", "n"]
+    assert cells(plain)[0] == ["=h", "n", "f"]
     assert [row[0] for row in cells(plain)[1:]] == _FORMULAS
-    assert cells(safe)[0] == ["'=h", "n"]
+    assert cells(safe)[0] == ["'=h", "n", "f"]
     assert [row[0] for row in cells(safe)[1:]] == ["'" + v for v in _FORMULAS[:-1]] + ["plain"]
     assert {row[1] for row in cells(safe)[1:]} == {"-1"}
+    assert {row[2] for row in cells(safe)[1:]} == {"-3.0"}
 
 
 # --- preview ------------------------------------------------------------------------------
@@ -1122,3 +1124,25 @@ async def test_an_abandoned_conversion_stops_and_the_engine_stays_usable(
         await bounded(task)
     profile = await bounded(engine.profile(file))
     assert profile.row_count == 300_000
+
+
+async def test_a_workbook_that_unzips_past_the_limit_is_refused_before_it_is_read(
+    blobs: MemoryBlobStore, engine: ArrowTableEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zip bomb dressed as xlsx never reaches calamine, which would expand a whole sheet."""
+    from datadl.adapters.tables import _xlsx
+
+    def many_rows(workbook: Any, sheet: Any) -> None:
+        sheet.write_row(0, 0, ["n", "text"])
+        for row in range(1, 3000):
+            sheet.write_row(row, 0, [row, "the same words again and again"])
+
+    file = await stored(blobs, _xlsx_bytes(many_rows), FileFormat.XLSX)
+    monkeypatch.setattr(_xlsx, "MAX_UNZIPPED_BYTES", 50_000)
+    with pytest.raises(UnsupportedFormat) as caught:
+        await bounded(engine.profile(file))
+    assert "expands to" in caught.value.message
+    assert caught.value.hint is not None and "csv or parquet" in caught.value.hint
+    monkeypatch.setattr(_xlsx, "MAX_UNZIPPED_BYTES", 512 * 1024 * 1024)
+    profile = await bounded(engine.profile(file))
+    assert profile.row_count == 2999

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -245,3 +246,37 @@ def test_runner_options_are_accepted_by_aiohttp(srv: Server) -> None:
     """RUNNER_OPTIONS (timeouts, header limits, no aiohttp access log) build a runner."""
     runner = web.AppRunner(create_app(srv.core), **RUNNER_OPTIONS)
     assert runner is not None
+
+
+async def test_a_form_field_that_arrives_in_pieces_is_read_whole(srv: Server) -> None:
+    """A multipart text field split across TCP reads is read whole, not a 500."""
+    from urllib.parse import urlsplit
+
+    description = "d" * 5000
+    boundary = "datadlboundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="description"\r\n\r\n'
+        f"{description}\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.csv"\r\n'
+        f"Content-Type: text/csv\r\n\r\na,b\r\n1,2\r\n\r\n--{boundary}--\r\n"
+    ).encode()
+    url = urlsplit(srv.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    head = (
+        f"POST /api/v1/datasets?organization=acme HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {srv.keys['olivia']}\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    cut = body.index(b"ddd") + 2000
+    writer.write(head + body[:cut])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(body[cut:])
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 201 " in status_line, answer[:500]
+    created = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert created["description"] == description

@@ -52,11 +52,12 @@ RESERVATION_TTL = timedelta(hours=24)
 #: same stored file (size and modification time unchanged), may skip hashing and be sent
 #: with ``sendfile`` (see docs/decisions.md).
 VERIFIED_FOR = timedelta(hours=1)
-#: Bytes of the first ``sendfile`` call and the most of any: progress and accounting advance
-#: after each. Between the two, a call is sized to last about ``SENDFILE_SLICE_SECONDS`` at
-#: the rate the client took the previous one, so a fast client costs few calls (each costs
-#: a wake-up of the event loop) while any call stays short for the server's write timeout.
-SENDFILE_SLICE = 1024 * 1024
+#: Bytes of the first ``sendfile`` call (the fewest of any) and the most of any: progress
+#: and accounting advance after each. Between the two, a call is sized to last about
+#: ``SENDFILE_SLICE_SECONDS`` at the rate the client took the previous one, so a fast client
+#: costs few calls (each wakes the event loop) while any call stays short for the server's
+#: write timeout, and a slow but steady client is not taken for a silent one.
+SENDFILE_SLICE = 256 * 1024
 SENDFILE_MAX_SLICE = 16 * 1024 * 1024
 SENDFILE_SLICE_SECONDS = 0.25
 
@@ -515,13 +516,29 @@ class DownloadService:
         )
         if not decision.allowed or dataset is None or version is None:
             raise await refuse(decision.error(), number)
-        try:
-            rep = await self._representation(dataset, version, ask.format)
-        except DatadlError as exc:
-            raise await refuse(exc, number) from None
+        # The rate limit before the representation: a conversion is the costly part, and
+        # a client over its rate (a HEAD included) must not start one.
         rate, rate_headers = await check_rate(
             self._usage, policy.rate_limit, f"rate:{dataset.organization_id}:{downloader}", now
         )
+        decision = decide(
+            principal=principal,
+            dataset=dataset,
+            grants=grants,
+            policy=policy,
+            request=request,
+            now=now,
+            rate=rate,
+        )
+        if not decision.allowed:
+            error = decision.error()
+            error.extra["ratelimit"] = rate_headers
+            raise await refuse(error, number)
+        try:
+            rep = await self._representation(dataset, version, ask.format)
+        except DatadlError as exc:
+            exc.extra["ratelimit"] = rate_headers
+            raise await refuse(exc, number) from None
         decision = decide(
             principal=principal,
             dataset=dataset,
@@ -812,13 +829,22 @@ class DownloadService:
             # request converts again.
             await self._blobs.delete(rep.key)
             return
-        await self._flag_corrupted(dataset_id, reason)
+        await self._flag_corrupted(dataset_id, version, reason)
 
-    async def _flag_corrupted(self, dataset_id: str, reason: str) -> None:
+    async def _flag_corrupted(self, dataset_id: str, version: DatasetVersion, reason: str) -> None:
+        """Flag the dataset while the corrupted file is still its current one.
+
+        The flag speaks of the current file: a corrupted older version (``?version=``) or
+        one replaced meanwhile leaves the dataset as it is; the record says why.
+        """
+
+        def change(current: Dataset) -> Dataset | None:
+            if (current.version, current.file.sha256) != (version.number, version.file.sha256):
+                return None
+            return attrs.evolve(current, corrupted_reason=reason)
+
         dataset = await self._catalog.get_dataset(dataset_id)
-        await change_dataset(
-            self._catalog, dataset, lambda current: attrs.evolve(current, corrupted_reason=reason)
-        )
+        await change_dataset(self._catalog, dataset, change)
 
     async def progress(self, principal: Principal, download_id: str) -> DownloadRecord:
         """A download record with live progress.

@@ -159,10 +159,10 @@ class InsightService:
         dataset, grants = await visible_dataset(
             self._catalog, principal, dataset_id, self._clock.now()
         )
-        if offset + limit > PREVIEW_SAMPLE_ROWS:
-            await self._check_deep_preview(principal, dataset, grants)
         number = version if version is not None else dataset.version
         file = (await self._version(dataset, number)).file
+        if offset + limit > PREVIEW_SAMPLE_ROWS:
+            await self._check_deep_preview(principal, dataset, grants, file)
         wanted = list(columns) if columns is not None else None
         if file.format is not FileFormat.PARQUET and self._derived is not None:
             blob = await self._derived.find(file, FileFormat.PARQUET)
@@ -379,13 +379,14 @@ class InsightService:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _check_deep_preview(
-        self, principal: Principal, dataset: Dataset, grants: Sequence[Grant]
+        self, principal: Principal, dataset: Dataset, grants: Sequence[Grant], file: DatasetFile
     ) -> None:
         """Rows past the sample need what a download of the dataset needs, quotas aside.
 
         Paging through a whole table is reading it: a view-only grant, an anonymous
-        visitor where the policy forbids anonymous downloads, or a policy that requires
-        download tokens all stop at the first ``PREVIEW_SAMPLE_ROWS`` rows.
+        visitor where the policy forbids anonymous downloads, a policy that requires
+        download tokens or the acceptance of terms (both come with a token), and a file
+        over the policy's size cap all stop at the first ``PREVIEW_SAMPLE_ROWS`` rows.
         """
         if can_administer(principal, dataset):
             return
@@ -400,6 +401,17 @@ class InsightService:
             raise Forbidden(
                 "Anonymous previews stop at the sample on this dataset.",
                 hint=f"Sign in with an API key to see more than {PREVIEW_SAMPLE_ROWS} rows.",
+            )
+        if policy.max_download_bytes is not None and file.size_bytes > policy.max_download_bytes:
+            raise Forbidden(
+                "This file is larger than the policy lets anyone download, so previews stop "
+                "at the sample.",
+                hint="Ask an organisation admin to raise the download size limit.",
+            )
+        if policy.terms is not None:
+            raise Forbidden(
+                "This dataset's policy has terms to accept, so previews stop at the sample.",
+                hint="Accept the terms with a download token to get the data.",
             )
         if policy.require_token:
             raise Forbidden(

@@ -64,8 +64,13 @@ class IntegrityService:
         self, dataset: Dataset, version: DatasetVersion, outcome: str, why: str
     ) -> VerifyResult:
         reason = f"version {version.number}: {why}"
+
+        def change(fresh: Dataset) -> Dataset | None:
+            # Only the current file's state shows on the dataset; the result names the rest.
+            if (fresh.version, fresh.file.sha256) != (version.number, version.file.sha256):
+                return None
+            return attrs.evolve(fresh, corrupted_reason=reason)
+
         current = await self._catalog.get_dataset(dataset.id)
-        await change_dataset(
-            self._catalog, current, lambda fresh: attrs.evolve(fresh, corrupted_reason=reason)
-        )
+        await change_dataset(self._catalog, current, change)
         return VerifyResult(dataset.id, version.number, outcome, why)

@@ -11,11 +11,11 @@ import pytest
 from datadl.domain.access import Principal
 from datadl.domain.accounting import DownloadStatus
 from datadl.domain.errors import DatadlError, FileCorrupted
-from datadl.domain.model import Dataset, Visibility
+from datadl.domain.model import Dataset, DatasetVersion, Visibility
 from datadl.domain.policy import DownloadPolicy, PolicyOverride, QuotaLimit
 from datadl.domain.ratelimit import RateLimit
 from datadl.services.datasets import DatasetFacts
-from datadl.services.downloads import ClientInfo, DownloadAsk
+from datadl.services.downloads import ClientInfo, DownloadAsk, Representation
 from tests.conftest import World, chunks
 
 ROWS = b"id,name,value\n" + b"".join(b"%d,row %d,%d.5\n" % (i, i, i) for i in range(20_000))
@@ -457,3 +457,36 @@ async def test_a_reservation_whose_reply_was_lost_is_undone(world: World) -> Non
         await app.downloads.open(world.member, DownloadAsk(dataset.id))
     (status,) = await app.audit.quota(world.member)
     assert status.used.bytes == 0
+
+
+async def test_a_client_over_its_rate_starts_no_conversion(world: World) -> None:
+    """The rate limit is checked before a converted representation is made (HEAD included)."""
+    import datadl
+
+    made: list[str] = []
+    inner = world.app.downloads._deriver
+
+    async def counting(dataset: Dataset, version: DatasetVersion, fmt: str) -> Representation:
+        made.append(fmt)
+        assert inner is not None
+        return await inner(dataset, version, fmt)
+
+    app = datadl.bootstrap(
+        catalog=world.app.catalog,
+        blobs=world.app.blobs,
+        audit_log=world.app.audit_log,
+        usage=world.app.usage,
+        clock=world.clock,
+        keys=world.app.keys,
+        deriver=counting,
+    )
+    await app.datasets.set_organization_policy(
+        world.admin, "acme", DownloadPolicy(rate_limit=RateLimit(1, 60))
+    )
+    dataset = await publish(world)
+    async with await app.downloads.open(world.member, DownloadAsk(dataset.id, format="jsonl")):
+        pass
+    with pytest.raises(DatadlError) as caught:
+        await app.downloads.open(world.member, DownloadAsk(dataset.id, format="xlsx", head=True))
+    assert caught.value.code == "rate_limited"
+    assert made == ["jsonl"]

@@ -30,3 +30,17 @@ async def test_verify_checks_old_versions_too(world: World) -> None:
     await world.app.datasets.replace_file(world.owner, dataset.id, chunks(b"a,b\n1,2\n"))
     results = [(r.version, r.outcome) async for r in world.app.integrity.verify()]
     assert sorted(results) == [(1, "ok"), (2, "ok")]
+
+
+async def test_a_corrupted_old_version_is_reported_without_flagging_the_current_one(
+    world: World,
+) -> None:
+    """The dataset's flag speaks of its current file; an old version's damage is only reported."""
+    dataset = await publish(world)
+    await world.app.datasets.replace_file(world.owner, dataset.id, chunks(b"a,b\n1,2\n"))
+    tampered = bytearray(ROWS)
+    tampered[10] ^= 0x20
+    await world.app.blobs.write(dataset.file.storage_key, chunks(bytes(tampered)))
+    results = [(r.version, r.outcome) async for r in world.app.integrity.verify()]
+    assert sorted(results) == [(1, "corrupted"), (2, "ok")]
+    assert (await world.app.catalog.get_dataset(dataset.id)).corrupted_reason is None

@@ -72,3 +72,20 @@ async def test_a_token_only_policy_stops_members_but_not_admins(world: World) ->
     with pytest.raises(Forbidden):
         await deep_page(world, world.member, dataset_id)
     assert await deep_page(world, world.admin, dataset_id) == [300, 301, 302, 303, 304]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [DownloadPolicy(terms="Cite the source."), DownloadPolicy(max_download_bytes=100)],
+    ids=["terms", "size-cap"],
+)
+async def test_terms_or_a_size_cap_stop_members_at_the_sample(
+    world: World, policy: DownloadPolicy
+) -> None:
+    dataset_id = await publish(world, Visibility.ORGANIZATION)
+    await world.app.datasets.set_organization_policy(world.admin, "acme", policy)
+    sample = await world.app.insight.preview(world.member, dataset_id, offset=0, limit=10)
+    assert len(sample.rows) == 10
+    with pytest.raises(Forbidden):
+        await deep_page(world, world.member, dataset_id)
+    assert await deep_page(world, world.admin, dataset_id) == [300, 301, 302, 303, 304]

@@ -105,13 +105,16 @@ def _csv_ready(batch: pa.RecordBatch, neutralise: bool) -> pa.RecordBatch:
             arrays[i] = text
     for i, array in enumerate(arrays):
         t = array.type
+        # Only text of the data itself is neutralised: numbers written as text ("-3.0")
+        # and JSON or base64 renderings are no formulas and must stay exact.
+        text_in_data = logical_type(batch.column(i).type) == "string"
         if pa.types.is_timestamp(t):
             arrays[i] = timestamps_as_text(array)
         elif pa.types.is_floating(t) and _all_whole(array):
             arrays[i] = _text_of_floats(array)
         elif pa.types.is_duration(t):
             arrays[i] = pc.cast(array, pa.int64())
-        if neutralise and logical_type(arrays[i].type) == "string":
+        if neutralise and text_in_data:
             arrays[i] = neutralise_formulas(arrays[i])
     names = batch.schema.names
     if neutralise:

@@ -8,6 +8,7 @@ column reads the same whichever of the two formats it arrived in.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -40,7 +41,31 @@ def _text(value: Any) -> str | None:
     return None if text in _NULLS else text
 
 
+#: The most a workbook may hold once unzipped. calamine keeps the first sheet's cells in
+#: memory, so the expanded size, not the upload's, is what a reader pays for; a full sheet
+#: of 1,048,576 rows of a few columns stays well under it, a zip bomb does not.
+MAX_UNZIPPED_BYTES = 512 * 1024 * 1024
+
+
+def _check_unzipped_size(path: str) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unzipped = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise unsupported(
+            "The file is not an xlsx workbook (not a zip archive).",
+            hint="Upload an .xlsx workbook saved by a spreadsheet program.",
+        ) from exc
+    if unzipped > MAX_UNZIPPED_BYTES:
+        raise unsupported(
+            f"The workbook expands to {unzipped:,} bytes, more than the "
+            f"{MAX_UNZIPPED_BYTES:,} an xlsx may hold here.",
+            hint="Export the sheet as csv or parquet and upload that instead.",
+        )
+
+
 def _open_sheet(path: str) -> Any:
+    _check_unzipped_size(path)
     try:
         workbook = python_calamine.load_workbook(path)
         if not workbook.sheet_names:

@@ -32,6 +32,7 @@ from datadl.services.datasets import DatasetChanges, DatasetFacts
 from datadl.wiring import Datadl
 
 CHUNK = 256 * 1024
+_FIELD_CHUNK = 8192
 _FIELD_MAX = 64 * 1024
 _FACT_FIELDS = (
     "organization",
@@ -164,13 +165,17 @@ async def _upload(
             part_type = part.headers.get("Content-Type")
             return fields, _timed(_part_body(part, reader), idle), part_type
         if part.name in _FACT_FIELDS:
+            raw = bytearray()
             try:
-                raw = await part.read_chunk(_FIELD_MAX)
-                more = await part.read_chunk(1)
+                # read_chunk returns what has arrived so far: a field may come in pieces.
+                while chunk := await part.read_chunk(_FIELD_CHUNK):
+                    raw += chunk
+                    if len(raw) > _FIELD_MAX:
+                        raise BadRequest(
+                            f"The field {part.name!r} is too long.", hint="Shorten it."
+                        )
             except (ValueError, HttpProcessingError) as exc:
                 raise _bad_form(exc) from None
-            if more:
-                raise BadRequest(f"The field {part.name!r} is too long.", hint="Shorten it.")
             fields[part.name] = raw.decode("utf-8", "replace")
         else:
             raise BadRequest(
