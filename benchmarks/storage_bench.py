@@ -305,7 +305,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line: sizes accept K, M and G suffixes."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=parse_size, default=1 << 30, help="file size (1G)")
-    parser.add_argument("--chunk-size", type=parse_size, default=1 << 20, help="store chunk (1M)")
+    parser.add_argument("--chunk-size", type=parse_size, default=4 << 20, help="store chunk (4M)")
     parser.add_argument("--range-size", type=parse_size, default=16 << 20, help="range (16M)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per step; best is kept")
     parser.add_argument(
