@@ -495,24 +495,26 @@ async def test_silent_client_is_dropped_after_the_write_timeout(srv: Server) -> 
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
         reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        writer.write(f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        download_id = next(
-            line.split(b":", 1)[1].strip().decode()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"x-download-id:")
-        )
-        async with http.get(f"{base}/api/v1/downloads/{download_id}") as response:
-            live = await response.json()
-        assert live["status"] == "started"
-        assert 0 < live["bytes_sent"] < len(big)
-        for _ in range(100):
-            record = await srv.core.audit_log.get(download_id)
-            if record.status.value != "started":
-                break
-            await asyncio.sleep(0.1)
-        writer.close()
+        try:
+            writer.write(f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            download_id = next(
+                line.split(b":", 1)[1].strip().decode()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"x-download-id:")
+            )
+            async with http.get(f"{base}/api/v1/downloads/{download_id}") as response:
+                live = await response.json()
+            assert live["status"] == "started"
+            assert 0 < live["bytes_sent"] < len(big)
+            for _ in range(100):
+                record = await srv.core.audit_log.get(download_id)
+                if record.status.value != "started":
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            writer.close()
     assert record.status.value == "aborted"
     assert record.bytes_sent < len(big)
 

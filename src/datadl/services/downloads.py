@@ -58,6 +58,8 @@ VERIFIED_FOR = timedelta(hours=1)
 #: costs few calls (each wakes the event loop) while any call stays short for the server's
 #: write timeout, and a slow but steady client is not taken for a silent one.
 SENDFILE_SLICE = 256 * 1024
+#: The most ``send`` hands to ``write`` at once, and counts at once.
+SEND_PIECE = 256 * 1024
 SENDFILE_MAX_SLICE = 16 * 1024 * 1024
 SENDFILE_SLICE_SECONDS = 0.25
 
@@ -263,7 +265,8 @@ class Download:
     async def send(
         self, write: Callable[[bytes], Awaitable[object]], sendfile: SendFile | None = None
     ) -> None:
-        """Write the body through ``write``, counting each chunk once ``write`` returns.
+        """Write the body through ``write`` in pieces of at most ``SEND_PIECE`` bytes, counting
+        each piece once ``write`` returns.
 
         With ``sendfile``, a single-part body of a local file goes through it instead
         (ranges always; a full read once this process has verified the file's SHA-256
@@ -304,14 +307,18 @@ class Download:
                         await self._count(count)
                 await self._finish(DownloadStatus.COMPLETED)
                 return
-            async for piece, payload in self._produce():
-                try:
-                    await write(piece)
-                except BaseException:
-                    client_gone = True
-                    raise
-                if payload:
-                    await self._count(len(piece))
+            async for chunk, payload in self._produce():
+                # Written and counted in pieces: the record and the quota follow a slow
+                # client closely, and a client gone mid-chunk is charged what it was given.
+                for start in range(0, len(chunk), SEND_PIECE):
+                    piece = chunk if len(chunk) <= SEND_PIECE else chunk[start : start + SEND_PIECE]
+                    try:
+                        await write(piece)
+                    except BaseException:
+                        client_gone = True
+                        raise
+                    if payload:
+                        await self._count(len(piece))
         except BaseException as exc:
             aborted = client_gone or isinstance(exc, asyncio.CancelledError)
             status = DownloadStatus.ABORTED if aborted else DownloadStatus.FAILED

@@ -26,9 +26,6 @@ from datadl.services.downloads import ClientInfo, Download, DownloadAsk, SendFil
 
 log = structlog.get_logger()
 
-#: The most a download writes under one write timeout (see ``download``).
-WRITE_PIECE = 256 * 1024
-
 _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
 
 
@@ -200,14 +197,12 @@ async def download(request: web.Request) -> web.StreamResponse:
             await response.prepare(request)
             request[RESPONSE_STARTED] = True
 
-            async def write(chunk: bytes) -> None:
-                # A client that takes less than a piece within the write timeout is gone:
-                # abort and settle. Pieces keep a slow but steady client (about 4 KB/s
-                # with the 60 s default) from being taken for a silent one.
-                view = memoryview(chunk)
-                for start in range(0, len(view), WRITE_PIECE):
-                    async with asyncio.timeout(config.write_timeout):
-                        await response.write(view[start : start + WRITE_PIECE])
+            async def write(piece: bytes) -> None:
+                # A client that takes less than a piece (at most SEND_PIECE, 256 KiB) within
+                # the write timeout is gone: abort and settle. A slow but steady client
+                # (over about 4 KB/s with the 60 s default) is not taken for a silent one.
+                async with asyncio.timeout(config.write_timeout):
+                    await response.write(piece)
 
             try:
                 await opened.send(write, _sendfile(request, config))
