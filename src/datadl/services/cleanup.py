@@ -13,7 +13,7 @@ from datadl.ports.clock import Clock
 from datadl.ports.storage import BlobStore
 from datadl.ports.usage import CleanupCounts, UsageStore
 from datadl.services._shared import DEFAULT_POLICY, live_datasets
-from datadl.services.derived import DERIVED_PREFIX, derived_folder
+from datadl.services.derived import DERIVED_PREFIX, derived_folder, read_pointer
 
 
 @attrs.frozen
@@ -105,13 +105,24 @@ class CleanupService:
                 if version.removed_at is None:
                     live.add(version.file.sha256)
         removed = 0
+        pointed: dict[str, str | None] = {}
         async for key in self._blobs.list(DERIVED_PREFIX):
-            sha256 = key.removeprefix(DERIVED_PREFIX).partition("/")[0]
+            parts = key.removeprefix(DERIVED_PREFIX).split("/")
+            sha256 = parts[0]
             current = self._engine_version is None or key.startswith(
                 derived_folder(sha256, self._engine_version) + "/"
             )
             if sha256 in live and current:
-                continue
+                if len(parts) != 4:
+                    continue  # a pointer or a stored profile
+                # <sha256>/<engine>/<variant>/<file>: kept only if its pointer names it; a
+                # conversion that lost a race between workers leaves one nobody names.
+                base = key.rpartition("/")[0]
+                if base not in pointed:
+                    blob = await read_pointer(self._blobs, base)
+                    pointed[base] = None if blob is None else blob.key
+                if pointed[base] == key:
+                    continue
             try:
                 modified = (await self._blobs.stat(key)).modified_at
             except FileMissing:

@@ -239,18 +239,7 @@ class DerivedFiles:
             self._memo.popitem(last=False)
 
     async def _read_pointer(self, base: str) -> DerivedBlob | None:
-        try:
-            raw = b"".join([chunk async for chunk in self._blobs.read(f"{base}.json")])
-        except FileMissing:
-            return None
-        try:
-            document = json.loads(raw)
-            return DerivedBlob(
-                key=str(document["key"]), size=int(document["size"]), sha256=str(document["sha256"])
-            )
-        except (ValueError, KeyError, TypeError):
-            logger.warning("derivative_pointer_unreadable key=%s.json", base)
-            return None
+        return await read_pointer(self._blobs, base)
 
     async def _lock(self, key: str) -> bool:
         if self._cache is None:
@@ -299,3 +288,19 @@ def derived_folder(sha256: str, engine_version: str) -> str:
 def is_derived(key: str) -> bool:
     """Whether a storage key belongs to the derived-file cache."""
     return key.startswith(DERIVED_PREFIX)
+
+
+async def read_pointer(blobs: BlobStore, base: str) -> DerivedBlob | None:
+    """The derivative the pointer ``<base>.json`` commits, or None without a readable one."""
+    try:
+        raw = b"".join([chunk async for chunk in blobs.read(f"{base}.json")])
+    except FileMissing:
+        return None
+    try:
+        document = json.loads(raw)
+        return DerivedBlob(
+            key=str(document["key"]), size=int(document["size"]), sha256=str(document["sha256"])
+        )
+    except (ValueError, KeyError, TypeError):
+        logger.warning("derivative_pointer_unreadable key=%s.json", base)
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 from datadl.domain.policy import DownloadPolicy
@@ -142,3 +143,35 @@ async def fetch_with(app: object, world: World, ask: DownloadAsk) -> tuple[int, 
     async with await app.downloads.open(world.owner, ask) as download:  # type: ignore[attr-defined]
         body = b"".join([c async for c in download])
     return download.status, body, download.id
+
+
+async def test_cleanup_removes_a_conversion_that_lost_a_race(world: World) -> None:
+    """Of two copies of one conversion, the one its pointer does not name goes; the other stays."""
+    import datadl
+    from datadl.adapters.memory import MemoryBlobStore
+
+    blobs = MemoryBlobStore(clock=world.clock.now)
+    app = datadl.bootstrap(
+        catalog=world.app.catalog,
+        blobs=blobs,
+        audit_log=world.app.audit_log,
+        usage=world.app.usage,
+        clock=world.clock,
+        keys=world.app.keys,
+    )
+    facts = DatasetFacts(organization="acme", filename="race.csv", slug="race")
+    dataset = await app.datasets.publish(world.owner, facts, chunks(b"a,b\n1,2\n"))
+    await fetch_with(app, world, DownloadAsk(dataset.id, format="jsonl"))
+    named = [k async for k in blobs.list("derived/") if k.endswith(".jsonl")]
+    assert len(named) == 1
+    loser = named[0].rpartition("/")[0] + "/lost-race.jsonl"
+    await blobs.write(loser, chunks(b'{"a": 1, "b": 2}\n'))
+    world.clock.advance(2 * 3600)
+    report = await app.cleanup.run()
+    left = [k async for k in blobs.list("derived/")]
+    assert report.derived == 1
+    assert loser not in left
+    assert named[0] in left
+    status, body, _ = await fetch_with(app, world, DownloadAsk(dataset.id, format="jsonl"))
+    assert status == 200
+    assert [json.loads(line) for line in body.splitlines()] == [{"a": 1, "b": 2}]
