@@ -113,15 +113,7 @@ class DerivedFiles:
         )
         file = version.file
         if target is file.format and not options.neutralize_formulas:
-            return Representation(
-                key=file.storage_key,
-                size=file.size_bytes,
-                sha256=file.sha256,
-                media_type=file.media_type,
-                filename=file.filename,
-                variant=fmt,
-                verify=True,
-            )
+            return Representation.of_original(file, fmt)
         blob = await self.derive(file, target, options)
         return Representation(
             key=blob.key,

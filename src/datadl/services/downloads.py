@@ -32,10 +32,11 @@ from datadl.domain.errors import (
     Unavailable,
     UnsupportedFormat,
 )
-from datadl.domain.model import EXPORT_FORMATS, ORIGINAL, Dataset, DatasetVersion
+from datadl.domain.model import EXPORT_FORMATS, ORIGINAL, Dataset, DatasetFile, DatasetVersion
 from datadl.domain.policy import DownloadPolicy
 from datadl.domain.quotas import QuotaCharge, QuotaSubject, Reservation
 from datadl.domain.ranges import ByteRange, parse_range
+from datadl.domain.ratelimit import RateDecision
 from datadl.domain.tokens import TokenClaims, check_expiry, read_token
 from datadl.ports.audit import AuditLog
 from datadl.ports.catalog import Catalog
@@ -112,6 +113,19 @@ class Representation:
     filename: str
     variant: str
     verify: bool
+
+    @classmethod
+    def of_original(cls, file: DatasetFile, variant: str) -> Representation:
+        """The stored file itself, served as ``variant`` and verified on full reads."""
+        return cls(
+            key=file.storage_key,
+            size=file.size_bytes,
+            sha256=file.sha256,
+            media_type=file.media_type,
+            filename=file.filename,
+            variant=variant,
+            verify=True,
+        )
 
 
 #: Resolves a converted format to its stored derivative; supplied by the table engine layer.
@@ -409,15 +423,7 @@ class DownloadService:
     ) -> Representation:
         file = version.file
         if fmt == ORIGINAL or (fmt == file.format.value and self._deriver is None):
-            return Representation(
-                key=file.storage_key,
-                size=file.size_bytes,
-                sha256=file.sha256,
-                media_type=file.media_type,
-                filename=file.filename,
-                variant=ORIGINAL if fmt == ORIGINAL else fmt,
-                verify=True,
-            )
+            return Representation.of_original(file, fmt)
         if self._deriver is None:
             raise UnsupportedFormat(
                 f"This server cannot convert to {fmt}.",
@@ -511,16 +517,25 @@ class DownloadService:
             accepted_terms=ask.accept_terms,
             token=claims,
         )
+
+        def judge(request: DownloadRequest, rate: RateDecision | None = None) -> Decision:
+            return decide(
+                principal=principal,
+                dataset=dataset,
+                grants=grants,
+                policy=policy,
+                request=request,
+                now=now,
+                version_exists=version is not None,
+                rate=rate,
+            )
+
+        async def refuse_limited(error: DatadlError) -> DatadlError:
+            error.extra["ratelimit"] = rate_headers
+            return await refuse(error, number)
+
         # First the rules that need no file facts, so nothing about a hidden dataset leaks.
-        decision = decide(
-            principal=principal,
-            dataset=dataset,
-            grants=grants,
-            policy=policy,
-            request=request,
-            now=now,
-            version_exists=version is not None,
-        )
+        decision = judge(request)
         if not decision.allowed or dataset is None or version is None:
             raise await refuse(decision.error(), number)
         # The rate limit before the representation: a conversion is the costly part, and
@@ -528,37 +543,16 @@ class DownloadService:
         rate, rate_headers = await check_rate(
             self._usage, policy.rate_limit, f"rate:{dataset.organization_id}:{downloader}", now
         )
-        decision = decide(
-            principal=principal,
-            dataset=dataset,
-            grants=grants,
-            policy=policy,
-            request=request,
-            now=now,
-            rate=rate,
-        )
+        decision = judge(request, rate)
         if not decision.allowed:
-            error = decision.error()
-            error.extra["ratelimit"] = rate_headers
-            raise await refuse(error, number)
+            raise await refuse_limited(decision.error())
         try:
             rep = await self._representation(dataset, version, ask.format)
         except DatadlError as exc:
-            exc.extra["ratelimit"] = rate_headers
-            raise await refuse(exc, number) from None
-        decision = decide(
-            principal=principal,
-            dataset=dataset,
-            grants=grants,
-            policy=policy,
-            request=attrs.evolve(request, representation_bytes=rep.size),
-            now=now,
-            rate=rate,
-        )
+            raise await refuse_limited(exc) from None
+        decision = judge(attrs.evolve(request, representation_bytes=rep.size), rate)
         if not decision.allowed:
-            error = decision.error()
-            error.extra["ratelimit"] = rate_headers
-            raise await refuse(error, number)
+            raise await refuse_limited(decision.error())
 
         etag = conditional.make_etag(rep.sha256, rep.variant)
         outcome = conditional.evaluate_preconditions(
