@@ -31,6 +31,9 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "usage_url": None,
     "max_upload_bytes": None,
     "keep_versions": 5,
+    # In memory there is nothing to save: no read cache, no write buffer.
+    "catalog_cache_seconds": 0,
+    "audit_flush_seconds": 0,
     "analyze": True,
     "s3_options": None,
 }
@@ -76,6 +79,18 @@ def _redis(kind: str, url: str) -> Any:
     return getattr(redis_adapters, kind).from_url(url)
 
 
+def _cached_catalog(catalog: Any, seconds: float) -> Any:
+    from datadl.adapters.readcache import CachedCatalog
+
+    return CachedCatalog(catalog, ttl=seconds) if seconds else catalog
+
+
+def _buffered_audit(audit_log: Any, seconds: float) -> Any:
+    from datadl.adapters.writebehind import BufferedAuditLog
+
+    return BufferedAuditLog(audit_log, interval=seconds) if seconds else audit_log
+
+
 class Container(containers.DeclarativeContainer):
     """Adapters by URL scheme, and the service facade built over them.
 
@@ -107,6 +122,10 @@ class Container(containers.DeclarativeContainer):
         sqlite=providers.Singleton(_sql, "SqlAuditLog", database),
         postgresql=providers.Singleton(_sql, "SqlAuditLog", database),
     )
+    # What the services see: the catalogue behind a short read cache and the audit log
+    # behind a write buffer, each left out when its setting is 0.
+    served_catalog = providers.Singleton(_cached_catalog, catalog, config.catalog_cache_seconds)
+    served_audit_log = providers.Singleton(_buffered_audit, audit_log, config.audit_flush_seconds)
     usage = providers.Selector(
         providers.Callable(
             lambda usage_url, db_url: scheme(usage_url or db_url),
@@ -136,9 +155,9 @@ class Container(containers.DeclarativeContainer):
 
     app = providers.Singleton(
         bootstrap,
-        catalog=catalog,
+        catalog=served_catalog,
         blobs=blobs,
-        audit_log=audit_log,
+        audit_log=served_audit_log,
         usage=usage,
         cache=cache,
         clock=clock,
@@ -169,6 +188,8 @@ def build_container(settings: Settings) -> Container:
             "usage_url": settings.usage_url,
             "max_upload_bytes": settings.max_upload_bytes,
             "keep_versions": settings.keep_versions,
+            "catalog_cache_seconds": settings.catalog_cache_seconds,
+            "audit_flush_seconds": settings.audit_flush_seconds,
             "analyze": True,
             "s3_options": settings.s3_options,
         }

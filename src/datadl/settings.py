@@ -82,6 +82,12 @@ class Settings:
     cursor_key: bytes | None = attrs.field(default=None, repr=False)
     max_upload_bytes: int | None = None
     keep_versions: int | None = 5
+    #: Seconds the catalogue's download-path lookups are reused (0: never); other
+    #: processes' changes are seen within it. See docs/decisions.md.
+    catalog_cache_seconds: float = 2.0
+    #: Seconds between batched saves of download records (0: every record written at
+    #: once). At most this much of the audit trail is lost if the process is killed.
+    audit_flush_seconds: float = 0.25
     #: For an ``s3://bucket/prefix`` storage URL: where S3 is and who datadl is there.
     #: Left unset, credentials and region come from the usual AWS sources (environment,
     #: shared config files, instance roles).
@@ -158,4 +164,13 @@ class Settings:
                     parsed[name] = int(parsed[name])
                 except ValueError:
                     raise ConfigError(f"{name} must be an integer") from None
+        for name in ("catalog_cache_seconds", "audit_flush_seconds"):
+            if name in parsed:
+                try:
+                    seconds = float(parsed[name])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{name} must be a number of seconds") from None
+                if not 0 <= seconds <= 60:
+                    raise ConfigError(f"{name} must be between 0 and 60 seconds")
+                parsed[name] = seconds
         return cls(**parsed)

@@ -150,7 +150,7 @@ async def _close(container: Any) -> None:
     """Stop background analyses, then dispose what the container opened (engines, clients)."""
     app = container.app()
     await app.insight.aclose()
-    for adapter in (app.usage, app.cache):
+    for adapter in (app.audit_log, app.usage, app.cache):
         close = getattr(adapter, "aclose", None)
         if close is not None:
             await close()

@@ -44,6 +44,15 @@ class AuditLog(Protocol):
         """Replace a record with its progressed or finished state; ``NotFound`` if absent."""
         ...
 
+    async def save(self, records: Sequence[DownloadRecord]) -> None:
+        """Store every record as given, all or nothing: new ids are added, known ones replaced.
+
+        The batch form of ``append`` and ``update`` for a writer that buffers records
+        (``adapters.writebehind``); it checks neither a conflict nor an absence. A record
+        appears at most once in ``records``.
+        """
+        ...
+
     async def get(self, record_id: str) -> DownloadRecord:
         """One record; ``NotFound`` if absent."""
         ...

@@ -53,6 +53,11 @@ RESERVATION_TTL = timedelta(hours=24)
 #: same stored file (size and modification time unchanged), may skip hashing and be sent
 #: with ``sendfile`` (see docs/decisions.md).
 VERIFIED_FOR = timedelta(hours=1)
+#: A download session this process recorded less than this long ago is known to be alive
+#: (sessions idle out after SESSION_IDLE_SECONDS): a resume or another range within it
+#: skips the usage store. The store's idle deadline is then at most this far behind,
+#: which other processes see as a session ending that much sooner.
+SESSION_TOUCH_EVERY = timedelta(seconds=60)
 #: Bytes of the first ``sendfile`` call (the fewest of any) and the most of any: progress
 #: and accounting advance after each. Between the two, a call is sized to last about
 #: ``SENDFILE_SLICE_SECONDS`` at the rate the client took the previous one, so a fast client
@@ -409,6 +414,8 @@ class DownloadService:
         self._last_progress: dict[str, datetime] = {}
         # storage key -> (sha256, size, modified at, when this process verified it)
         self._verified: dict[str, tuple[str, int, datetime | None, datetime]] = {}
+        # session key -> when this process last recorded it with the usage store
+        self._touched: dict[str, datetime] = {}
 
     # --- authorisation -------------------------------------------------------------------
 
@@ -631,7 +638,7 @@ class DownloadService:
         payload = download.content_length - framing
         # A resume or another segment of the same logical download counts no new download
         # against the quota, only its bytes.
-        logical = await self._usage.touch_session(key, now=now, idle_seconds=SESSION_IDLE_SECONDS)
+        logical = await self._touch_session(key, now)
         reservation = None
         charges = self._charges(principal, dataset, policy, downloader, now)
         if charges:
@@ -721,6 +728,18 @@ class DownloadService:
             raise FileCorrupted(
                 "The stored file does not match the catalogue.", extra={"reason": reason}
             )
+
+    async def _touch_session(self, key: str, now: datetime) -> bool:
+        """Whether a new logical download starts; the usage store decides, at most once
+        a ``SESSION_TOUCH_EVERY`` per session and process."""
+        last = self._touched.get(key)
+        if last is not None and timedelta(0) <= now - last < SESSION_TOUCH_EVERY:
+            return False
+        logical = await self._usage.touch_session(key, now=now, idle_seconds=SESSION_IDLE_SECONDS)
+        if len(self._touched) >= 10_000:
+            self._touched.clear()
+        self._touched[key] = now
+        return logical
 
     def _charges(
         self,

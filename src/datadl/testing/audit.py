@@ -116,6 +116,25 @@ class AuditLogContract:
         with pytest.raises(NotFound):
             await audit_log.get("r2")
 
+    async def test_save_adds_new_records_and_replaces_known_ones(self, audit_log: AuditLog) -> None:
+        """One save inserts unknown ids and replaces known ones with their given state."""
+        started = record("r1", status=DownloadStatus.STARTED, bytes_sent=0)
+        await audit_log.append(started)
+        done = started.finished(DownloadStatus.COMPLETED, bytes_sent=30, now=at(7))
+        fresh = record("r2", "d2", status=DownloadStatus.DENIED, denial_code="forbidden")
+        await audit_log.save([done, fresh])
+        assert await audit_log.get("r1") == done
+        assert await audit_log.get("r2") == fresh
+        await audit_log.save([])
+        assert await audit_log.get("r1") == done
+
+    async def test_save_of_a_large_batch_keeps_every_record(self, audit_log: AuditLog) -> None:
+        """A batch larger than one statement's worth of rows is stored whole."""
+        batch = [record(f"b{i:04d}", started_at=at(i)) for i in range(1_203)]
+        await audit_log.save(batch)
+        found = await _all_pages(audit_log, HistoryQuery(dataset_id="d1", limit=500))
+        assert [r.id for r in found] == _newest_first(batch)
+
     async def test_history_pages_newest_first_with_ties(self, audit_log: AuditLog) -> None:
         """Pages ordered by (started_at, id) descending join up with no gap or repeat."""
         seconds = {"a": 5, "b": 5, "c": 5, "d": 1, "e": 9, "f": 9, "g": 0}

@@ -44,6 +44,10 @@ class MemoryAuditLog:
             raise NotFound(f"No download record {record.id!r}.")
         self._records[record.id] = record
 
+    async def save(self, records: Sequence[DownloadRecord]) -> None:
+        for record in records:
+            self._records[record.id] = record
+
     async def get(self, record_id: str) -> DownloadRecord:
         try:
             return self._records[record_id]

@@ -157,6 +157,7 @@ class SqlAuditLog:
 
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
+        self._save_statement: Any = None
 
     async def append(self, record: DownloadRecord) -> None:
         async with self._db.write(
@@ -173,6 +174,20 @@ class SqlAuditLog:
             )
             if result.rowcount == 0:
                 raise NotFound(f"No download record {record.id!r}.")
+
+    async def save(self, records: Sequence[DownloadRecord]) -> None:
+        if not records:
+            return
+        if self._save_statement is None:
+            upsert = self._db.insert(download_records)
+            replaced = {c.name: upsert.excluded[c.name] for c in r if c.name != "id"}
+            self._save_statement = upsert.on_conflict_do_update(
+                index_elements=["id"], set_=replaced
+            )
+        statement = self._save_statement
+        async with self._db.write() as conn:
+            # One statement executed for many rows: compiled once, cached by SQLAlchemy.
+            await conn.execute(statement, [_record_values(rec) for rec in records])
 
     async def get(self, record_id: str) -> DownloadRecord:
         async with self._db.read() as conn:

@@ -11,6 +11,7 @@ import attrs
 import structlog
 from aiohttp import web
 
+from datadl.domain.errors import Unavailable
 from datadl.domain.model import EXPORT_FORMATS
 from datadl.entrypoints.web import datasets, downloads, insight, ops, people
 from datadl.entrypoints.web.auth import derive_session_key
@@ -489,6 +490,13 @@ def _background(interval: float | None) -> Any:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Download records written behind the responses are saved before the app goes.
+        flush = getattr(app[DATADL].audit_log, "flush", None)
+        if flush is not None:
+            try:
+                await flush()
+            except Unavailable as exc:
+                log.error("audit_save_failed_on_shutdown", error=str(exc))
 
     return context
 

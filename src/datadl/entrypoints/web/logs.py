@@ -2,11 +2,78 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
+
+#: Lines gathered at most before they are written without waiting for the event loop.
+MAX_BUFFERED_LINES = 256
+
+
+class LineWriter:
+    """Writes log lines to a stream, gathering those of one event-loop turn into one write.
+
+    Under load, the access log's line per request was the server's costliest syscall
+    (a write and a flush each, about a third of a cached metadata GET). Lines logged
+    while an event loop runs are joined and written by a callback at the loop's next
+    turn, or at once past ``MAX_BUFFERED_LINES``; outside a loop each line is written at
+    once. Nothing waits for a timer, so a line is late by one loop turn at most, and
+    lines still gathered when the process exits are written by an ``atexit`` hook.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._scheduled = False
+        atexit.register(self.flush)
+
+    def write_line(self, line: str) -> None:
+        self._lines.append(line)
+        if self._scheduled:
+            if len(self._lines) >= MAX_BUFFERED_LINES:
+                self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        self._stream.write(text)
+        self._stream.flush()
+
+
+class _LineLogger:
+    """The structlog logger over a ``LineWriter``: every level writes the rendered line."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.write_line(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _LineLoggerFactory:
+    def __init__(self, stream: TextIO) -> None:
+        self._logger = _LineLogger(LineWriter(stream))
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        return self._logger
 
 
 def configure_logging(*, stream: TextIO | None = None, level: str = "info") -> None:
@@ -26,6 +93,6 @@ def configure_logging(*, stream: TextIO | None = None, level: str = "info") -> N
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=_LineLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )

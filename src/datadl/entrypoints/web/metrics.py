@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+#: Methods counted under their own name; any other is counted as ``OTHER``, so that a
+#: client inventing methods cannot grow the metrics without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200)
 
 
@@ -11,6 +16,9 @@ class Metrics:
     """The counters the server keeps; each app gets its own so tests and embedders never clash."""
 
     def __init__(self) -> None:
+        # (method, route, status) -> the labelled counter and histogram: looking a child up
+        # by its labels costs more than counting with it.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -62,3 +70,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        key = (method if method in _METHODS else "OTHER", route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method=key[0], route=route, status=str(status)),
+                self.request_seconds.labels(route=route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

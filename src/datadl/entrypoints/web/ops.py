@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 import structlog
 from aiohttp import web
@@ -79,7 +79,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     The query string is never logged: it may hold a download token.
     """
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     started = time.monotonic()
     status = 500
@@ -97,9 +97,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         elapsed = time.monotonic() - started
         route = _route_name(request)
-        registry = request.app[METRICS]
-        registry.requests.labels(method=request.method, route=route, status=str(status)).inc()
-        registry.request_seconds.labels(route=route).observe(elapsed)
+        request.app[METRICS].observe_request(request.method, route, status, elapsed)
         principal = request.get(PRINCIPAL)
         log.info(
             "http_request",
