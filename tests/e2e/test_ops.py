@@ -73,6 +73,15 @@ async def test_request_id_is_echoed_or_generated(srv: Server) -> None:
         assert len(r.headers["X-Request-Id"]) == 32
     async with srv.http.get(srv.download_url(srv.penguins), headers=srv.auth("mark")) as r:
         assert len(r.headers["X-Request-Id"]) == 32
+    # A streamed answer, its HEAD and a problem carry the id too.
+    for method, url in (
+        ("GET", srv.download_url(srv.penguins)),
+        ("HEAD", srv.download_url(srv.penguins)),
+        ("GET", f"{srv.url}/api/v1/datasets/no-such-dataset"),
+    ):
+        headers = {**srv.auth("mark"), "X-Request-Id": f"{method}-1"}
+        async with srv.http.request(method, url, headers=headers) as r:
+            assert r.headers["X-Request-Id"] == f"{method}-1", (method, url, r.status)
 
 
 async def test_access_log_has_one_event_per_request_and_no_secrets(srv: Server) -> None:

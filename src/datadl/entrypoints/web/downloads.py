@@ -20,7 +20,14 @@ from datadl.domain.errors import BadRequest, DatadlError
 from datadl.domain.model import ORIGINAL
 from datadl.entrypoints.web.auth import principal_of
 from datadl.entrypoints.web.cache import READ_CACHE
-from datadl.entrypoints.web.config import CONFIG, DATADL, METRICS, RESPONSE_STARTED, WebConfig
+from datadl.entrypoints.web.config import (
+    CONFIG,
+    DATADL,
+    METRICS,
+    REQUEST_ID,
+    RESPONSE_STARTED,
+    WebConfig,
+)
 from datadl.entrypoints.web.render import API, json_response, read_json, record_json, rfc3339
 from datadl.services.downloads import ClientInfo, Download, DownloadAsk, SendFile
 
@@ -185,6 +192,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         cache.forget_dataset(ask.dataset_id)
     async with opened:
         response = web.StreamResponse(status=opened.status, headers=download_headers(opened))
+        # Prepared here, so the access-log middleware cannot add the request id later.
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
         if opened.status != 304:
             response.content_length = opened.content_length
         if request.method == "HEAD" or opened.status == 304:

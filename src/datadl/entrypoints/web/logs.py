@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -76,6 +79,37 @@ class _LineLoggerFactory:
         return self._logger
 
 
+class _UtcTimestamp:
+    """``timestamp``: the event's UTC time in ISO 8601 with microseconds and a ``Z``.
+
+    The same text as structlog's ``TimeStamper(fmt="iso", utc=True)``, at a fraction of
+    its cost: the part up to the second is formatted once per second.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event
+
+
+_ENCODER = json.JSONEncoder(default=repr)
+
+
+def _dumps(event: Any, **_: Any) -> str:
+    # One encoder for every line; a value JSON cannot hold is written as its repr.
+    return _ENCODER.encode(event)
+
+
 def configure_logging(*, stream: TextIO | None = None, level: str = "info") -> None:
     """Send structlog events (the access log among them) as JSON lines to ``stream``.
 
@@ -86,9 +120,9 @@ def configure_logging(*, stream: TextIO | None = None, level: str = "info") -> N
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _UtcTimestamp(),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

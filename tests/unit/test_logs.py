@@ -1,0 +1,72 @@
+"""The server's JSON log lines: how they are timestamped, gathered and written."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import UTC, datetime
+
+import structlog
+
+from datadl.entrypoints.web.logs import MAX_BUFFERED_LINES, LineWriter, configure_logging
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_outside_an_event_loop_each_line_is_written_at_once() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    writer.write_line("a")
+    writer.write_line("b")
+    assert stream.getvalue() == "a\nb\n"
+    assert stream.writes == 2
+
+
+async def test_lines_of_one_loop_turn_are_written_together_at_the_next() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    for i in range(5):
+        writer.write_line(f"line {i}")
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)
+    assert stream.getvalue().splitlines() == [f"line {i}" for i in range(5)]
+    assert stream.writes == 1
+
+
+async def test_a_full_buffer_is_written_without_waiting_for_the_loop() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    for i in range(MAX_BUFFERED_LINES):
+        writer.write_line(str(i))
+    assert len(stream.getvalue().splitlines()) == MAX_BUFFERED_LINES
+    writer.write_line("late")
+    await asyncio.sleep(0)
+    assert stream.getvalue().splitlines()[-1] == "late"
+
+
+def test_configured_events_are_json_with_a_utc_timestamp_and_level() -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream, level="info")
+    try:
+        before = datetime.now(UTC)
+        structlog.get_logger().info("something", odd=object(), count=3)
+        structlog.get_logger().debug("filtered out")
+        after = datetime.now(UTC)
+    finally:
+        structlog.reset_defaults()
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["level"], event["count"]) == ("something", "info", 3)
+    assert event["odd"].startswith("<object object")
+    stamp = event["timestamp"]
+    assert stamp.endswith("Z") and len(stamp) == len("2026-11-26T04:51:11.887637Z")
+    assert before.replace(microsecond=0) <= datetime.fromisoformat(stamp) <= after
