@@ -153,16 +153,21 @@ async def test_misses_are_not_remembered_and_answers_cannot_be_changed() -> None
     assert list(await cached.list_grants("d1")) == []
 
 
-async def test_download_counts_do_not_empty_the_cache() -> None:
-    """Counting a download changes nothing a decision reads: the entries stay."""
+async def test_a_download_count_drops_only_its_dataset() -> None:
+    """Counting a download changes nothing a decision reads: only the dataset is re-read."""
     inner = CountingCatalog()
     await _seeded(inner)
     cached = CachedCatalog(inner, ttl=60, timer=FakeMonotonic())
     await cached.get_dataset("d1")
+    await cached.get_policy("o1")
+    await cached.set_policy("o1", DownloadPolicy(allow_anonymous=False))
+    assert await cached.get_policy("o1") == DownloadPolicy(allow_anonymous=False)
+    await inner.set_policy("o1", DownloadPolicy())  # behind the cache
+    reads = inner.reads
     await cached.increment_download_count("d1")
-    await cached.get_dataset("d1")
-    assert inner.reads == 1
-    assert (await inner.get_dataset("d1")).download_count == 1
+    assert (await cached.get_dataset("d1")).download_count == 1
+    assert inner.reads == reads + 1
+    assert await cached.get_policy("o1") == DownloadPolicy(allow_anonymous=False)
 
 
 def test_a_cache_needs_a_positive_ttl() -> None:

@@ -25,9 +25,7 @@ CLOSED_WITHIN = 5.0
 
 @pytest.fixture
 async def port(srv: Server) -> AsyncIterator[int]:
-    runner = web.AppRunner(
-        create_app(srv.core), **{**RUNNER_OPTIONS, "keepalive_timeout": TIMEOUT}
-    )
+    runner = web.AppRunner(create_app(srv.core), **{**RUNNER_OPTIONS, "keepalive_timeout": TIMEOUT})
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -21,7 +21,8 @@ What keeps it correct:
   docs/decisions.md explains the default and how to turn the cache off (``ttl`` 0).
 
 ``increment_download_count`` is the one write that does not empty the cache: it changes
-nothing a decision reads, and it happens on every new download.
+nothing a decision reads, and it happens on every new download. It drops only the
+dataset's own entry, so the new count shows at once.
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ class CachedCatalog:
 
     async def increment_download_count(self, dataset_id: str) -> None:
         await self._inner.increment_download_count(dataset_id)
+        # Only the count changed: the dataset is read again (its new count shows at once),
+        # everything else stays.
+        self._entries.pop(("dataset", dataset_id), None)
 
     async def purge_dataset(self, dataset_id: str) -> None:
         await self._write(self._inner.purge_dataset(dataset_id))
