@@ -317,3 +317,19 @@ async def test_close_saves_everything_and_later_writes_go_straight_through() -> 
 
 def _id(rec: DownloadRecord) -> str:
     return rec.id
+
+
+def test_a_buffer_used_from_a_second_event_loop_still_saves() -> None:
+    """A saver task left behind by an ended loop does not stop the next loop's saves."""
+    inner = RecordingLog()
+    log = BufferedAuditLog(inner, interval=0.01)
+
+    async def write(record_id: str, wait: float) -> None:
+        await log.append(record(record_id))
+        await asyncio.sleep(wait)
+
+    ended = asyncio.new_event_loop()
+    ended.run_until_complete(write("r1", 0))
+    ended.close()  # closed with its saver still pending, never to run
+    asyncio.run(write("r2", 0.2))
+    assert sorted(i for ids in inner.saves for i in ids) == ["r1", "r2"]

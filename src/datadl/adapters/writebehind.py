@@ -103,10 +103,11 @@ class BufferedAuditLog:
         self._pending[record.id] = record
         if len(self._pending) >= self._max_pending:
             await self.flush()
-        elif self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="datadl-audit-write-behind"
-            )
+            return
+        loop = asyncio.get_running_loop()
+        # A task left by an event loop that has ended never runs again: start one here.
+        if self._task is None or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._run(), name="datadl-audit-write-behind")
 
     async def flush(self) -> None:
         """Save everything buffered now; ``Unavailable`` (records kept) if the store is away."""
