@@ -110,23 +110,49 @@ def _dumps(event: Any, **_: Any) -> str:
     return _ENCODER.encode(event)
 
 
+#: The access log's logger and the factory it was built with (see ``access_log``).
+_access: tuple[Any, Any] | None = None
+
+
 def configure_logging(*, stream: TextIO | None = None, level: str = "info") -> None:
     """Send structlog events (the access log among them) as JSON lines to ``stream``.
 
     Call it once from the process entrypoint (``datadl serve``); importing datadl never
     configures logging.
     """
+    global _access
+    wrapper = structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()])
+    factory = _LineLoggerFactory(stream or sys.stderr)
+    timestamp = _UtcTimestamp()
+    render = structlog.processors.JSONRenderer(serializer=_dumps)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _UtcTimestamp(),
+            timestamp,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=_dumps),
+            render,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=_LineLoggerFactory(stream or sys.stderr),
+        wrapper_class=wrapper,
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+    # The access log writes a line per request, so its logger is built once, with only
+    # what its events need: they carry every field themselves and never an exception.
+    access = structlog.wrap_logger(
+        factory(),
+        processors=[structlog.processors.add_log_level, timestamp, render],
+        wrapper_class=wrapper,
+    )
+    _access = (access, factory)
+
+
+def access_log() -> Any:
+    """The logger of ``http_request`` events.
+
+    The one ``configure_logging`` built, while structlog is still configured by it;
+    otherwise structlog's current default (an embedding application, tests).
+    """
+    if _access is not None and structlog.get_config()["logger_factory"] is _access[1]:
+        return _access[0]
+    return structlog.get_logger("datadl.access")

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from datadl.domain.errors import NotFound
 from datadl.entrypoints.web.config import DATADL, METRICS, PRINCIPAL, REQUEST_ID
 from datadl.entrypoints.web.handlers import Handler
+from datadl.entrypoints.web.logs import access_log
 from datadl.entrypoints.web.render import json_response
 
 log = structlog.get_logger()
@@ -99,7 +100,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         route = _route_name(request)
         request.app[METRICS].observe_request(request.method, route, status, elapsed)
         principal = request.get(PRINCIPAL)
-        log.info(
+        access_log().info(
             "http_request",
             request_id=request_id,
             method=request.method,
