@@ -8,8 +8,14 @@ import json
 from datetime import UTC, datetime
 
 import structlog
+from structlog.testing import capture_logs
 
-from datadl.entrypoints.web.logs import MAX_BUFFERED_LINES, LineWriter, configure_logging
+from datadl.entrypoints.web.logs import (
+    MAX_BUFFERED_LINES,
+    LineWriter,
+    access_log,
+    configure_logging,
+)
 
 
 class CountingStream(io.StringIO):
@@ -70,3 +76,21 @@ def test_configured_events_are_json_with_a_utc_timestamp_and_level() -> None:
     stamp = event["timestamp"]
     assert stamp.endswith("Z") and len(stamp) == len("2026-11-26T04:51:11.887637Z")
     assert before.replace(microsecond=0) <= datetime.fromisoformat(stamp) <= after
+
+
+def test_the_access_log_is_bound_once_and_yields_to_a_later_configuration() -> None:
+    """configure_logging builds the access logger; any other configuration takes over."""
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    try:
+        access_log().info("http_request", status=200)
+    finally:
+        structlog.reset_defaults()
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["status"], event["level"]) == ("http_request", 200, "info")
+    assert "timestamp" in event
+    with capture_logs() as logs:
+        access_log().info("http_request", status=201)
+    assert [e["status"] for e in logs] == [201]
+    assert len(stream.getvalue().splitlines()) == 1
