@@ -21,7 +21,7 @@ class CredentialKind(enum.StrEnum):
     INTERNAL = "internal"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Principal:
     """Who asks: a user with memberships, acting through a credential, or anonymous.
 
