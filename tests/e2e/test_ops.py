@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
@@ -10,6 +11,7 @@ import attrs
 import structlog
 
 from datadl.domain.errors import StorageUnavailable
+from datadl.domain.model import Visibility
 from datadl.entrypoints.web import configure_logging, create_app
 from tests.e2e.conftest import PENGUINS, Server, running
 
@@ -103,12 +105,40 @@ async def test_access_log_has_one_event_per_request_and_no_secrets(srv: Server) 
     events = [e for e in logs if e["event"] == "http_request"]
     assert len(events) == 2
     assert events[0]["request_id"] == "r1"
+    assert events[0]["bytes"] == srv.penguins.file.size_bytes
     assert (events[0]["status"], events[0]["method"]) == (200, "GET")
     assert events[0]["route"] == "/api/v1/datasets/{dataset_id}/download"
     flat = repr(logs)
     assert token not in flat
     assert srv.keys["mark"] not in flat
     assert srv.keys["mark"].split("_")[2] not in flat
+
+
+async def test_access_log_counts_the_bytes_of_sendfile_ranges_and_aborts(srv: Server) -> None:
+    """bytes is what left: a range sent with sendfile, and what an aborted client took."""
+    big = await srv.publish(
+        "olivia",
+        b"a,b\n" + b"1,2\n" * 2_000_000,
+        filename="big.csv",
+        visibility=Visibility.ORGANIZATION,
+    )
+    url = srv.download_url(big)
+    with structlog.testing.capture_logs() as logs:
+        headers = {**srv.auth("mark"), "Range": "bytes=100-65635"}
+        async with srv.http.get(url, headers=headers) as response:
+            assert response.status == 206
+            assert len(await response.read()) == 65536
+        async with srv.http.get(url, headers=srv.auth("mark")) as response:
+            assert response.status == 200
+            await response.content.readexactly(1 << 16)
+            response.close()  # hang up mid-body
+        for _ in range(100):
+            if len([e for e in logs if e["event"] == "http_request"]) == 2:
+                break
+            await asyncio.sleep(0.05)
+    ranged, aborted = [e for e in logs if e["event"] == "http_request"]
+    assert ranged["bytes"] == 65536
+    assert 0 < aborted["bytes"] < big.file.size_bytes
 
 
 async def test_configured_access_log_is_one_json_line_per_request(srv: Server) -> None:

@@ -44,3 +44,5 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 #: Set once a streamed response has sent its headers: errors then break the connection.
 RESPONSE_STARTED: web.RequestKey[bool] = web.RequestKey("response_started", bool)
+#: Body bytes a download handler sent itself (``sendfile`` bypasses aiohttp's count).
+BYTES_SENT: web.RequestKey[int] = web.RequestKey("bytes_sent", int)

@@ -21,6 +21,7 @@ from datadl.domain.model import ORIGINAL
 from datadl.entrypoints.web.auth import principal_of
 from datadl.entrypoints.web.cache import READ_CACHE
 from datadl.entrypoints.web.config import (
+    BYTES_SENT,
     CONFIG,
     DATADL,
     METRICS,
@@ -226,6 +227,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             await response.write_eof()
         finally:
             cache.forget_dataset(ask.dataset_id)
+            request[BYTES_SENT] = opened.bytes_sent
             metrics.active_downloads.dec()
             record = opened.record
             status = record.status.value if record is not None else "unknown"

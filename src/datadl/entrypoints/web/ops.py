@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from datadl.domain.errors import NotFound
-from datadl.entrypoints.web.config import DATADL, METRICS, PRINCIPAL, REQUEST_ID
+from datadl.entrypoints.web.config import BYTES_SENT, DATADL, METRICS, PRINCIPAL, REQUEST_ID
 from datadl.entrypoints.web.handlers import Handler
 from datadl.entrypoints.web.logs import access_log
 from datadl.entrypoints.web.render import json_response
@@ -58,7 +58,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _sent(response: web.StreamResponse | None) -> int | None:
+def _sent(request: web.Request, response: web.StreamResponse | None) -> int | None:
+    # A download counts what it sent, sendfile included; aiohttp counts only its writes.
+    counted = request.get(BYTES_SENT)
+    if counted is not None:
+        return counted
     if response is None:
         return None
     if response.prepared:
@@ -108,7 +112,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
             route=route,
             status=status,
             duration_ms=round(elapsed * 1000, 3),
-            bytes=_sent(response),
+            bytes=_sent(request, response),
             user_id=principal.user_id if principal is not None else None,
             remote=request.remote,
         )
