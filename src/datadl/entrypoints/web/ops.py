@@ -60,9 +60,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _sent(request: web.Request, response: web.StreamResponse | None) -> int | None:
     # A download counts what it sent, sendfile included; aiohttp counts only its writes.
-    counted = request.get(BYTES_SENT)
-    if counted is not None:
-        return counted
+    if BYTES_SENT in request:
+        return request[BYTES_SENT]
     if response is None:
         return None
     if response.prepared:
