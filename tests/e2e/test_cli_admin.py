@@ -146,6 +146,10 @@ def test_publish_from_a_file_and_list_every_visibility(cli: Cli, tmp_path: Path)
     )
     assert published["tags"] == ["a", "b"]
     assert published["status"] == "ready"  # analysed before the command returned
+    # The same Dataset object as the HTTP API's (API.md), links and counts included.
+    assert published["links"]["download"] == f"/api/v1/datasets/{published['id']}/download"
+    assert published["download_count"] == 0
+    assert published["row_count"] is not None
 
     cars = tmp_path / "cars-data.json"
     cars.write_bytes(sample_path("cars.json").read_bytes())

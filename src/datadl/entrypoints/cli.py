@@ -242,30 +242,12 @@ def _key_json(key: ApiKey, user: str) -> dict[str, Any]:
 
 
 async def _dataset_json(app: Datadl, dataset: Dataset) -> dict[str, Any]:
+    """The dataset as the HTTP API renders it (API.md's Dataset object)."""
+    from datadl.entrypoints.web.render import dataset_json
+
     org = await app.catalog.get_organization(dataset.organization_id)
     owner = await app.catalog.get_user(dataset.owner_id)
-    return {
-        "id": dataset.id,
-        "slug": dataset.slug,
-        "title": dataset.title,
-        "description": dataset.description,
-        "organization": org.slug,
-        "owner": owner.name,
-        "visibility": str(dataset.visibility),
-        "tags": list(dataset.tags),
-        "license": dataset.license,
-        "version": dataset.version,
-        "status": str(dataset.status),
-        "file": {
-            "format": str(dataset.file.format),
-            "size_bytes": dataset.file.size_bytes,
-            "sha256": dataset.file.sha256,
-            "media_type": dataset.file.media_type,
-            "filename": dataset.file.filename,
-        },
-        "created_at": _time(dataset.created_at),
-        "updated_at": _time(dataset.updated_at),
-    }
+    return dataset_json(dataset, organization=org.slug, owner=owner.name)
 
 
 # --- admin commands ------------------------------------------------------------------------
