@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,85 @@ def test_policy_set_then_show_gives_the_same_body(cli: Cli, tmp_path: Path) -> N
     assert json.loads(cli.ok("policy", "show", "acme")) != default
 
 
+def test_remove_member_keeps_an_admin(cli: Cli) -> None:
+    """'org remove-member' ends a membership, but never that of an organisation's last admin."""
+    cli.ok("org", "create", "acme")
+    cli.ok("user", "create", "ada", "--org", "acme", "--role", "admin")
+    cli.ok("user", "create", "bob", "--org", "acme")
+    assert "bob is no longer a member of acme" in cli.ok("org", "remove-member", "acme", "bob")
+    users = {u["name"]: u["organizations"] for u in cli.json("user", "list")}
+    assert users == {"ada": {"acme": "admin"}, "bob": {}}
+    assert "not a member" in cli.fails("org", "remove-member", "acme", "bob")
+
+    assert "last admin" in cli.fails("org", "remove-member", "acme", "ada")
+    cli.ok("org", "add-member", "acme", "bob", "--role", "admin")
+    removed = cli.json("org", "remove-member", "acme", "ada")
+    assert removed == {"organization": "acme", "user": "ada", "removed": True}
+    users = {u["name"]: u["organizations"] for u in cli.json("user", "list")}
+    assert users == {"ada": {}, "bob": {"acme": "admin"}}
+
+
+def _publish(cli: Cli, slug: str) -> str:
+    """Publish the cars sample to acme as olivia; the new dataset's id."""
+    published = cli.json(
+        "dataset", "publish", str(sample_path("cars.json")), "--org", "acme",
+        "--owner", "olivia", "--slug", slug,
+    )  # fmt: skip
+    return str(published["id"])
+
+
+def test_dataset_delete_hides_the_dataset(cli: Cli) -> None:
+    """'dataset delete' soft-deletes: it leaves 'dataset list' and cannot be deleted twice."""
+    cli.ok("org", "create", "acme")
+    cli.ok("user", "create", "olivia", "--org", "acme")
+    first, second = _publish(cli, "first"), _publish(cli, "second")
+
+    out = cli.ok("dataset", "delete", first)
+    assert f"deleted acme/first ({first})" in out
+    deleted = cli.json("dataset", "delete", second)
+    assert (deleted["id"], deleted["slug"], deleted["organization"]) == (second, "second", "acme")
+    assert cli.json("dataset", "list") == []
+    assert "dataset" in cli.fails("dataset", "delete", first)
+
+
+def test_dataset_policy_set_show_and_clear(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset's own policy is set, shown with the effective one, refused if looser, cleared."""
+    cli.ok("org", "create", "acme")
+    cli.ok("user", "create", "olivia", "--org", "acme")
+    dataset = _publish(cli, "cars")
+    org_policy = json.loads(cli.ok("policy", "show", "acme"))
+    assert json.loads(cli.ok("policy", "show", "--dataset", dataset)) == {"effective": org_policy}
+
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"allowed_formats": ["csv"], "max_download_bytes": 1000}))
+    body = cli.json("policy", "set", "--dataset", dataset, "--file", str(own))
+    assert (body["allowed_formats"], body["max_download_bytes"]) == (["csv"], 1000)
+    assert body["effective"]["max_download_bytes"] == 1000
+    assert json.loads(cli.ok("policy", "show", "--dataset", dataset)) == body
+
+    cli.ok("policy", "set", "acme", "--file", str(own))  # the organisation tightens too
+    looser = tmp_path / "looser.json"
+    looser.write_text(json.dumps({"max_download_bytes": 2000}))
+    assert "max_download_bytes" in cli.fails(
+        "policy", "set", "--dataset", dataset, "--file", str(looser)
+    )
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("null"))
+    assert "cleared" in cli.ok("policy", "set", "--dataset", dataset, "--file", "-")
+    shown = json.loads(cli.ok("policy", "show", "--dataset", dataset))
+    assert list(shown) == ["effective"]
+
+
+def test_policy_commands_need_an_organisation_or_a_dataset(cli: Cli) -> None:
+    """'policy show' and 'policy set' take ORG or --dataset, exactly one: else exit 2."""
+    cli.ok("org", "create", "acme")
+    assert "--dataset" in cli.fails("policy", "show", status=2)
+    assert "--dataset" in cli.fails("policy", "show", "acme", "--dataset", "x", status=2)
+    assert "--dataset" in cli.fails("policy", "set", "--file", "-", status=2)
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -206,6 +286,13 @@ def test_policy_set_then_show_gives_the_same_body(cli: Cli, tmp_path: Path) -> N
         (("policy", "show", "nowhere"), "organisation"),
         (("policy", "set", "acme", "--file", "/no/such/policy.json"), "policy.json"),
         (("policy", "set", "acme", "--file", "BAD_POLICY"), "bytes"),
+        (("org", "remove-member", "nowhere", "olivia"), "organisation"),
+        (("org", "remove-member", "acme", "nobody"), "user"),
+        (("org", "remove-member", "acme", "outsider"), "not a member"),
+        (("dataset", "delete", "nosuchdataset"), "dataset"),
+        (("policy", "show", "--dataset", "nosuchdataset"), "dataset"),
+        (("policy", "set", "--dataset", "nosuchdataset", "--file", "NULL_POLICY"), "dataset"),
+        (("policy", "set", "--dataset", "nosuchdataset", "--file", "BAD_POLICY"), "bytes"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_1(
@@ -217,7 +304,13 @@ def test_user_errors_are_one_line_and_exit_1(
     cli.ok("user", "create", "outsider")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"quota": {"user": {"bytes": "lots"}}}))
-    replace = {"SAMPLE": str(sample_path("cars.json")), "BAD_POLICY": str(bad)}
+    null = tmp_path / "null.json"
+    null.write_text("null")
+    replace = {
+        "SAMPLE": str(sample_path("cars.json")),
+        "BAD_POLICY": str(bad),
+        "NULL_POLICY": str(null),
+    }
     err = cli.fails(*(replace.get(a, a) for a in args))
     assert err.startswith("datadl: ")
     assert says.lower() in err.lower()

@@ -284,6 +284,14 @@ async def _org_add_member(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _org_remove_member(settings: Settings, args: argparse.Namespace) -> int:
+    async with _opened(settings) as app:
+        await app.accounts.remove_member(args.org, args.user)
+    data = {"organization": args.org, "user": args.user, "removed": True}
+    _emit(args, f"{args.user} is no longer a member of {args.org}", data)
+    return 0
+
+
 async def _user_create(settings: Settings, args: argparse.Namespace) -> int:
     if args.role is not None and args.org is None:
         raise CliError("--role needs --org: the role is the user's role in that organisation", 2)
@@ -447,20 +455,32 @@ async def _dataset_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _policy_show(settings: Settings, args: argparse.Namespace) -> int:
-    from datadl.entrypoints.web.render import policy_json
+async def _dataset_owner(app: Datadl, dataset_id: str) -> Principal:
+    """The principal of the dataset's owner, whom the dataset commands act as.
 
+    The operator has no user, and only a user (the owner or an organisation admin) may
+    administer a dataset; the owner always may, even after leaving the organisation.
+    """
+    dataset = await app.catalog.get_dataset(dataset_id)
+    return await app.accounts.principal_for(dataset.owner_id)
+
+
+async def _dataset_delete(settings: Settings, args: argparse.Namespace) -> int:
     async with _opened(settings) as app:
-        policy = await app.datasets.organization_policy(await operator_principal(app), args.org)
-    print(json.dumps(policy_json(policy), indent=2))
+        owner = await _dataset_owner(app, args.dataset_id)
+        await app.datasets.delete(owner, args.dataset_id)
+        data = await _dataset_json(app, await app.catalog.get_dataset(args.dataset_id))
+    _emit(
+        args,
+        f"deleted {data['organization']}/{data['slug']} ({data['id']}); "
+        "its files go with the next 'datadl cleanup'",
+        data,
+    )
     return 0
 
 
-async def _policy_set(settings: Settings, args: argparse.Namespace) -> int:
-    # The HTTP API's own reading of a DownloadPolicy body, so both accept the same JSON.
-    from datadl.entrypoints.web.render import policy_from, policy_json
-
-    source = args.file
+async def _json_file(source: str, what: str, *, allow_null: bool = False) -> dict[str, Any]:
+    """The JSON object in ``source`` ('-' is stdin); ``null`` is ``{}`` if ``allow_null``."""
     try:
         if str(source) == "-":
             text = await asyncio.to_thread(sys.stdin.read)
@@ -471,9 +491,56 @@ async def _policy_set(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(f"cannot read {source}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise CliError(f"{source} is not valid JSON: {exc}") from None
+    if body is None and allow_null:
+        return {}
     if not isinstance(body, dict):
-        raise CliError(f"{source} must hold a JSON object (a DownloadPolicy)")
-    policy = policy_from(body)
+        raise CliError(f"{source} must hold a JSON object ({what})")
+    return body
+
+
+def _policy_target(args: argparse.Namespace) -> None:
+    """Exactly one of ORG and --dataset: the organisation's policy or a dataset's own."""
+    if (args.org is None) == (args.dataset is None):
+        raise CliError("name an organisation, or a dataset with --dataset (not both)", 2)
+
+
+async def _policy_show(settings: Settings, args: argparse.Namespace) -> int:
+    from datadl.entrypoints.web.render import policy_json
+
+    _policy_target(args)
+    async with _opened(settings) as app:
+        if args.dataset is not None:
+            # The body of GET /api/v1/datasets/{id}/download-policy.
+            owner = await _dataset_owner(app, args.dataset)
+            own, effective = await app.datasets.dataset_policy(owner, args.dataset)
+            body = policy_json(own) if own is not None else {}
+            body["effective"] = policy_json(effective)
+        else:
+            operator = await operator_principal(app)
+            body = policy_json(await app.datasets.organization_policy(operator, args.org))
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+async def _policy_set(settings: Settings, args: argparse.Namespace) -> int:
+    # The HTTP API's own readers of policy bodies, so both accept the same JSON.
+    from datadl.entrypoints.web.render import override_from, policy_from, policy_json
+
+    _policy_target(args)
+    if args.dataset is not None:
+        override = override_from(
+            await _json_file(args.file, "a dataset's policy, or null", allow_null=True)
+        )
+        async with _opened(settings) as app:
+            owner = await _dataset_owner(app, args.dataset)
+            effective = await app.datasets.set_dataset_policy(owner, args.dataset, override)
+        # The body of PUT /api/v1/datasets/{id}/download-policy.
+        body = policy_json(override) if override is not None else {}
+        body["effective"] = policy_json(effective)
+        done = "replaced" if override is not None else "cleared"
+        _emit(args, f"download policy of dataset {args.dataset} {done}", body)
+        return 0
+    policy = policy_from(await _json_file(args.file, "a DownloadPolicy"))
     async with _opened(settings) as app:
         operator = await operator_principal(app)
         stored = await app.datasets.set_organization_policy(operator, args.org, policy)
@@ -708,6 +775,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("org")
     add.add_argument("user")
     add.add_argument("--role", choices=("member", "admin"), default="member")
+    remove = command(org, "remove-member", _org_remove_member, "remove a user from an organisation")
+    remove.add_argument("org")
+    remove.add_argument("user")
 
     user = group("user", "users")
     create = command(user, "create", _user_create, "create a user")
@@ -751,14 +821,23 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--license")
     listing = command(dataset, "list", _dataset_list, "list every dataset (all visibilities)")
     listing.add_argument("--org", help="only this organisation's")
+    delete = command(dataset, "delete", _dataset_delete, "delete a dataset (files go at cleanup)")
+    delete.add_argument("dataset_id")
 
-    policy = group("policy", "organisations' download policies")
-    show = command(policy, "show", _policy_show, "print an organisation's policy as JSON")
-    show.add_argument("org")
-    put = command(policy, "set", _policy_set, "replace an organisation's policy")
-    put.add_argument("org")
+    policy = group("policy", "download policies of organisations and datasets")
+    show = command(
+        policy, "show", _policy_show, "print an organisation's or a dataset's policy as JSON"
+    )
+    show.add_argument("org", nargs="?", help="the organisation (or give --dataset)")
+    show.add_argument("--dataset", metavar="DATASET_ID", help="a dataset's own policy instead")
+    put = command(policy, "set", _policy_set, "replace an organisation's or a dataset's policy")
+    put.add_argument("org", nargs="?", help="the organisation (or give --dataset)")
+    put.add_argument("--dataset", metavar="DATASET_ID", help="a dataset's own policy instead")
     put.add_argument(
-        "--file", required=True, help="a JSON DownloadPolicy as in API.md ('-' reads stdin)"
+        "--file",
+        required=True,
+        help="a JSON DownloadPolicy as in API.md ('-' reads stdin; with --dataset, "
+        "the fields to tighten, or null to clear)",
     )
     return parser
 

@@ -10,7 +10,7 @@ import attrs
 from datadl.domain import apikeys
 from datadl.domain.access import CredentialKind, Principal, is_org_admin
 from datadl.domain.decision import AuthRequired, Forbidden
-from datadl.domain.errors import BadRequest, NotFound
+from datadl.domain.errors import BadRequest, Conflict, NotFound
 from datadl.domain.model import ApiKey, Membership, Organization, Role, Scope, User, is_slug
 from datadl.ports.catalog import Catalog
 from datadl.ports.clock import Clock, Entropy
@@ -87,6 +87,44 @@ class AccountService:
         org = await self._catalog.get_organization(organization)
         member = await self._catalog.get_user(user)
         await self._catalog.set_membership(org.id, member.id, role)
+
+    async def remove_member(self, organization: str, user: str) -> None:
+        """Remove a user (id or name) from an organisation (id or slug).
+
+        ``NotFound`` if the user is not a member; ``Conflict`` if they are its last admin,
+        so an organisation that has an admin never loses its only one.
+        """
+        org = await self._catalog.get_organization(organization)
+        member = await self._catalog.get_user(user)
+        role = next(
+            (
+                m.role
+                for m in await self._catalog.memberships_of(member.id)
+                if m.organization_id == org.id
+            ),
+            None,
+        )
+        if role is None:
+            raise NotFound(
+                f"{member.name} is not a member of {org.slug}.",
+                hint="'datadl user list' shows each user's organisations.",
+            )
+        if role is Role.ADMIN and not await self._has_other_admin(org.id, member.id):
+            raise Conflict(
+                f"{member.name} is the last admin of {org.slug}.",
+                hint="Make another member an admin first, then remove this one.",
+            )
+        await self._catalog.remove_membership(org.id, member.id)
+
+    async def _has_other_admin(self, organization_id: str, user_id: str) -> bool:
+        # Memberships are stored per user; the port has no listing by organisation.
+        for other in await self._catalog.list_users():
+            if other.id == user_id:
+                continue
+            for m in await self._catalog.memberships_of(other.id):
+                if m.organization_id == organization_id and m.role is Role.ADMIN:
+                    return True
+        return False
 
     async def principal_for(
         self,

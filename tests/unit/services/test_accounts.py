@@ -60,3 +60,32 @@ async def test_users_revoke_only_their_own_keys(world: World) -> None:
     with pytest.raises(DatadlError) as caught:
         await world.app.accounts.revoke_api_key(world.outsider, created.key.id)
     assert caught.value.code == "not_found"
+
+
+async def test_remove_member_ends_the_membership(world: World) -> None:
+    """A removed member no longer belongs to the organisation; a second removal is not_found."""
+    await world.app.accounts.remove_member("acme", "mark")
+    assert (await world.app.accounts.principal_for("mark")).memberships == ()
+    with pytest.raises(DatadlError) as caught:
+        await world.app.accounts.remove_member("acme", "mark")
+    assert caught.value.code == "not_found"
+    assert "not a member" in caught.value.message
+
+
+async def test_remove_member_refuses_the_last_admin(world: World) -> None:
+    """The only admin stays until another member is made admin."""
+    with pytest.raises(DatadlError) as caught:
+        await world.app.accounts.remove_member("acme", "ada")
+    assert caught.value.code == "conflict"
+    assert "admin" in caught.value.hint
+    await world.app.accounts.add_member("acme", "olivia", "admin")
+    await world.app.accounts.remove_member("acme", "ada")
+    assert (await world.app.accounts.principal_for("ada")).memberships == ()
+
+
+async def test_remove_member_of_unknown_organisation_or_user_is_not_found(world: World) -> None:
+    """Unknown organisations and users are not_found, as for add_member."""
+    for org, user in (("nowhere", "mark"), ("acme", "nobody"), ("other", "mark")):
+        with pytest.raises(DatadlError) as caught:
+            await world.app.accounts.remove_member(org, user)
+        assert caught.value.code == "not_found"
