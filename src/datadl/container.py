@@ -85,6 +85,11 @@ def _cached_catalog(catalog: Any, seconds: float) -> Any:
     return CachedCatalog(catalog, ttl=seconds) if seconds else catalog
 
 
+def _fresh_catalog(cached: Any) -> Any:
+    fresh = getattr(cached, "fresh", None)
+    return cached if fresh is None else fresh()
+
+
 def _buffered_audit(audit_log: Any, seconds: float) -> Any:
     from datadl.adapters.writebehind import BufferedAuditLog
 
@@ -122,9 +127,11 @@ class Container(containers.DeclarativeContainer):
         sqlite=providers.Singleton(_sql, "SqlAuditLog", database),
         postgresql=providers.Singleton(_sql, "SqlAuditLog", database),
     )
-    # What the services see: the catalogue behind a short read cache and the audit log
-    # behind a write buffer, each left out when its setting is 0.
-    served_catalog = providers.Singleton(_cached_catalog, catalog, config.catalog_cache_seconds)
+    # What the services see: downloads read their decisions through a short cache of the
+    # catalogue, everything else reads it fresh (writes through either empty the cache);
+    # the audit log sits behind a write buffer. Each is left out when its setting is 0.
+    download_catalog = providers.Singleton(_cached_catalog, catalog, config.catalog_cache_seconds)
+    served_catalog = providers.Singleton(_fresh_catalog, download_catalog)
     served_audit_log = providers.Singleton(_buffered_audit, audit_log, config.audit_flush_seconds)
     usage = providers.Selector(
         providers.Callable(
@@ -167,6 +174,7 @@ class Container(containers.DeclarativeContainer):
         max_upload_bytes=config.max_upload_bytes,
         keep_versions=config.keep_versions,
         analyze=config.analyze,
+        download_reads=download_catalog,
     )
 
 

@@ -71,6 +71,7 @@ def bootstrap(
     max_upload_bytes: int | None = None,
     keep_versions: int | None = 5,
     analyze: bool = False,
+    download_reads: Catalog | None = None,
 ) -> Datadl:
     """Build every service over the given adapters; anything left out (None) is in memory.
 
@@ -79,7 +80,8 @@ def bootstrap(
     stored secrets to keep them valid across restarts. ``tables`` defaults to the
     pyarrow engine over ``blobs``; converted downloads go through the derived-file cache
     unless another ``deriver`` is given. With ``analyze`` every publication starts a
-    background analysis.
+    background analysis. ``download_reads`` is what downloads read their decisions from
+    (default ``catalog``; the server passes a short-lived cache of it).
     """
     catalog = MemoryCatalog() if catalog is None else catalog
     blobs = MemoryBlobStore() if blobs is None else blobs
@@ -121,6 +123,7 @@ def bootstrap(
             entropy=entropy,
             keys=keys,
             deriver=deriver or derived,
+            reads=download_reads,
         ),
         tokens=TokenService(catalog=catalog, usage=usage, clock=clock, entropy=entropy, keys=keys),
         audit=AuditService(catalog=catalog, audit=audit_log, usage=usage, clock=clock, keys=keys),

@@ -170,6 +170,30 @@ async def test_a_download_count_drops_only_its_dataset() -> None:
     assert await cached.get_policy("o1") == DownloadPolicy(allow_anonymous=False)
 
 
+async def test_the_fresh_view_reads_through_and_its_writes_empty_the_cache() -> None:
+    """Reads that decide lasting writes take the fresh view; it shares the cache's writes."""
+    inner = CountingCatalog()
+    await _seeded(inner)
+    cached = CachedCatalog(inner, ttl=60, timer=FakeMonotonic())
+    fresh = cached.fresh()
+    assert fresh.inner is inner and not fresh.reads_cached
+    before = await cached.get_dataset("d1")
+    await fresh.get_dataset("d1")
+    await fresh.get_dataset("d1")
+    assert inner.reads == 3
+    await fresh.update_dataset(attrs.evolve(before, title="Fresh"), expected=before)
+    assert (await cached.get_dataset("d1")).title == "Fresh"
+    assert inner.reads == 4
+
+
+class TestFreshViewContract(CatalogContract):
+    """The fresh view keeps the Catalog contract too."""
+
+    @pytest.fixture
+    def catalog(self) -> Catalog:
+        return CachedCatalog(MemoryCatalog(), ttl=60).fresh()
+
+
 def test_a_cache_needs_a_positive_ttl() -> None:
     with pytest.raises(ValueError, match="positive ttl"):
         CachedCatalog(MemoryCatalog(), ttl=0)
@@ -282,25 +306,94 @@ async def test_a_record_the_log_refuses_is_logged_and_dropped_alone() -> None:
     await log.aclose()
 
 
-async def test_a_full_buffer_saves_before_the_write_returns() -> None:
-    """Past max_pending a write waits for a save: memory stays bounded."""
+async def test_a_full_buffer_saves_first_and_refuses_new_records_while_the_log_is_away() -> None:
+    """Past max_pending a new record waits for a save; if the save fails it is refused,
+    so memory stays bounded; a newer state of a buffered record always takes its place."""
     inner = RecordingLog()
     log = BufferedAuditLog(inner, interval=60, max_pending=3)
     for i in range(3):
         await log.append(record(f"r{i}"))
+    assert inner.saves == []
+    await log.append(record("r3"))
     assert inner.saves == [["r0", "r1", "r2"]]
     inner.down = True
-    for i in range(3, 6):
-        if i < 5:
-            await log.append(record(f"r{i}"))
-    with pytest.raises(Unavailable):
-        await log.append(record("r5"))
+    await log.append(record("r4"))
+    await log.append(record("r5"))
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            await log.append(record("r6"))
+    assert log.pending == 3
+    done = record("r3", bytes_sent=42)
+    await log.update(done)
     assert log.pending == 3
     inner.down = False
     await log.aclose()
-    assert sorted((await inner.history(HistoryQuery(dataset_id="d1", limit=10))), key=_id) == (
-        sorted([await inner.get(f"r{i}") for i in range(6)], key=_id)
-    )
+    for i in range(6):
+        assert (await inner.get(f"r{i}")).id == f"r{i}"
+    assert await inner.get("r3") == done
+    with pytest.raises(NotFound):
+        await inner.get("r6")
+
+
+async def test_a_steady_stream_of_writes_cannot_keep_a_reader_waiting() -> None:
+    """history() saves what was buffered when it was called, not everything ever after."""
+    inner = RecordingLog()
+    real_save = inner.save
+
+    async def io_save(records: Sequence[DownloadRecord]) -> None:
+        await asyncio.sleep(0.001)  # a save takes time, as a database's does
+        await real_save(records)
+
+    inner.save = io_save  # type: ignore[method-assign]
+    log = BufferedAuditLog(inner, interval=60)
+    await log.append(record("first", "d1"))
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            await log.append(record(f"w{i}", "d2"))
+            i += 1
+            await asyncio.sleep(0)
+
+    writing = asyncio.create_task(writer())
+    try:
+        async with asyncio.timeout(5):
+            page = await log.history(HistoryQuery(dataset_id="d1"))
+    finally:
+        stop.set()
+        await writing
+    assert [r.id for r in page] == ["first"]
+    await log.aclose()
+
+
+async def test_writes_after_close_never_lose_to_an_older_buffered_state() -> None:
+    """A record written while closing lands after the buffered batch, never before it."""
+    inner = RecordingLog()
+    log = BufferedAuditLog(inner, interval=60)
+    started = record("r1", status=DownloadStatus.STARTED)
+    await log.append(started)
+    real_save = inner.save
+    gate = asyncio.Event()
+
+    calls = 0
+
+    async def slow_save(records: Sequence[DownloadRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the buffered batch is slow to save; later saves are quick
+            await gate.wait()
+        await real_save(records)
+
+    inner.save = slow_save  # type: ignore[method-assign]
+    closing = asyncio.create_task(log.aclose())
+    await asyncio.sleep(0.01)
+    done = started.finished(DownloadStatus.COMPLETED, bytes_sent=9, now=at(1))
+    finishing = asyncio.create_task(log.update(done))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(closing, finishing)
+    assert await inner.get("r1") == done
 
 
 async def test_close_saves_everything_and_later_writes_go_straight_through() -> None:

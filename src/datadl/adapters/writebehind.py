@@ -17,8 +17,9 @@ Guarantees and their limits:
   never take: the batch is then saved record by record and a record that still fails is
   logged (``audit_record_dropped``, with its id and the error) and dropped, so that one
   bad record cannot hold back every later one.
-- At most ``max_pending`` records wait; a write past it saves the buffer before it
-  returns, so memory stays bounded and a database that is down is felt as ``Unavailable``.
+- At most ``max_pending`` records wait: a new record past it saves the buffer first and
+  is refused (``Unavailable``) if that fails, so memory stays bounded however long the
+  database is away, and the caller feels the outage.
 - What a process killed outright (SIGKILL, power loss) had buffered is lost: at most
   ``interval`` seconds of records. Other processes see a record ``interval`` seconds late.
 
@@ -98,31 +99,39 @@ class BufferedAuditLog:
 
     async def _put(self, record: DownloadRecord) -> None:
         if self._closed:
-            await self._inner.save([record])
-            return
-        self._pending[record.id] = record
-        if len(self._pending) >= self._max_pending:
+            # Written through, but after anything still buffered, so that an older state
+            # saved late never replaces this one.
+            self._pending[record.id] = record
             await self.flush()
             return
+        if record.id not in self._pending and len(self._pending) >= self._max_pending:
+            # Full: save first, and refuse a new record (Unavailable) if that fails, so
+            # memory stays bounded however long the store is away. A newer state of a
+            # record already buffered replaces it and takes no room.
+            await self.flush()
+        self._pending[record.id] = record
         loop = asyncio.get_running_loop()
         # A task left by an event loop that has ended never runs again: start one here.
         if self._task is None or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._run(), name="datadl-audit-write-behind")
 
     async def flush(self) -> None:
-        """Save everything buffered now; ``Unavailable`` (records kept) if the store is away."""
+        """Save what is buffered when called; ``Unavailable`` (records kept) if the store
+        is away. Records buffered meanwhile are left to the next save, so a steady stream
+        of writes cannot keep a caller waiting."""
         async with self._turn:
-            while self._pending:
-                batch, self._pending = self._pending, {}
-                self._saving = batch
-                try:
-                    await self._save(batch)
-                except BaseException:
-                    # Newer states that arrived during the save win over the batch's.
-                    self._pending = {**batch, **self._pending}
-                    raise
-                finally:
-                    self._saving = {}
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            self._saving = batch
+            try:
+                await self._save(batch)
+            except BaseException:
+                # Newer states that arrived during the save win over the batch's.
+                self._pending = {**batch, **self._pending}
+                raise
+            finally:
+                self._saving = {}
 
     async def _save(self, batch: dict[str, DownloadRecord]) -> None:
         records = list(batch.values())
@@ -152,6 +161,7 @@ class BufferedAuditLog:
                 batch.pop(record.id, None)
 
     async def _run(self) -> None:
+        me = asyncio.current_task()
         delay = self._interval
         try:
             while True:
@@ -171,7 +181,8 @@ class BufferedAuditLog:
                 if not self._pending:
                     return
         finally:
-            self._task = None
+            if self._task is me:
+                self._task = None
 
     async def aclose(self) -> None:
         """Save what is buffered and write through from now on."""

@@ -150,12 +150,23 @@ async def _close(container: Any) -> None:
     """Stop background analyses, then dispose what the container opened (engines, clients)."""
     app = container.app()
     await app.insight.aclose()
+    failures = []
     for adapter in (app.audit_log, app.usage, app.cache):
         close = getattr(adapter, "aclose", None)
-        if close is not None:
+        if close is None:
+            continue
+        try:
             await close()
+        except Exception as exc:
+            # The next adapter and the database still get closed; the failure is told.
+            failures.append(exc)
+            pending = getattr(adapter, "pending", None)
+            lost = f" ({pending} download records not saved)" if pending else ""
+            print(f"datadl: closing {type(adapter).__name__} failed{lost}: {exc}", file=sys.stderr)
     if container.config.database_url() not in (None, "memory://"):
         await container.database().dispose()
+    if failures:
+        raise failures[0]
 
 
 @contextlib.asynccontextmanager

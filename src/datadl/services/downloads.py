@@ -387,7 +387,10 @@ class DownloadService:
     """Authorises, accounts for and streams downloads; tracks their progress.
 
     ``deriver`` resolves converted formats (the table engine layer supplies it); without
-    one only ``original`` is served.
+    one only ``original`` is served. ``reads`` is where ``open`` looks up what it decides
+    on (dataset, version, grants, policies, a token holder's memberships): a short-lived
+    cache of ``catalog`` may stand there (``adapters.readcache``); everything else, writes
+    and the reads that decide them, goes to ``catalog``.
     """
 
     def __init__(
@@ -401,8 +404,10 @@ class DownloadService:
         entropy: Entropy,
         keys: KeyRing,
         deriver: Deriver | None = None,
+        reads: Catalog | None = None,
     ) -> None:
         self._catalog = catalog
+        self._reads = catalog if reads is None else reads
         self._blobs = blobs
         self._audit = audit
         self._usage = usage
@@ -422,7 +427,7 @@ class DownloadService:
     async def _token_principal(self, claims: TokenClaims) -> Principal:
         if claims.principal_id is None:
             return Principal(user_id=None, credential=CredentialKind.TOKEN)
-        memberships = await self._catalog.memberships_of(claims.principal_id)
+        memberships = await self._reads.memberships_of(claims.principal_id)
         return Principal.for_user(claims.principal_id, memberships, credential=CredentialKind.TOKEN)
 
     async def _representation(
@@ -471,7 +476,7 @@ class DownloadService:
                 principal = await self._token_principal(claims)
         dataset: Dataset | None
         try:
-            dataset = await self._catalog.get_dataset(ask.dataset_id)
+            dataset = await self._reads.get_dataset(ask.dataset_id)
         except NotFound:
             dataset = None
         downloader = downloader_key(principal.user_id, ask.client.address)
@@ -505,14 +510,14 @@ class DownloadService:
 
         if token_error is not None:
             raise await refuse(token_error)
-        grants = await self._catalog.list_grants(dataset.id) if dataset else ()
-        policy = await policy_for(self._catalog, dataset) if dataset else DownloadPolicy()
+        grants = await self._reads.list_grants(dataset.id) if dataset else ()
+        policy = await policy_for(self._reads, dataset) if dataset else DownloadPolicy()
         version: DatasetVersion | None = None
         number = ask.version if ask.version is not None else (claims.version if claims else None)
         if dataset is not None:
             number = number if number is not None else dataset.version
             try:
-                version = await self._catalog.get_version(dataset.id, number)
+                version = await self._reads.get_version(dataset.id, number)
             except NotFound:
                 version = None
             if version is not None and version.removed_at is not None:

@@ -21,7 +21,6 @@ from datadl.entrypoints.web.config import (
     DATADL,
     JSON_MAX_BYTES,
     METRICS,
-    REQUEST_ID,
     SESSION_KEY,
     WebConfig,
 )
@@ -474,12 +473,6 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
-        response.headers["X-Request-Id"] = request_id
-
-
 def _background(interval: float | None) -> Any:
     async def context(app: web.Application) -> AsyncIterator[None]:
         task = None
@@ -543,6 +536,5 @@ def create_app(
     web_app[SESSION_KEY] = derive_session_key(app.keys.cursor_key())
     for route in ROUTES:
         web_app.router.add_route(route.method, route.path, route.handler)
-    web_app.on_response_prepare.append(_add_request_id)
     web_app.cleanup_ctx.append(_background(cleanup_interval))
     return web_app

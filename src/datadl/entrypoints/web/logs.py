@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+import weakref
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -31,31 +32,43 @@ class LineWriter:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lines: list[str] = []
-        self._scheduled = False
-        atexit.register(self.flush)
+        # The loop that has a flush scheduled, if any.
+        self._scheduled: asyncio.AbstractEventLoop | None = None
+        _WRITERS.add(self)
 
     def write_line(self, line: str) -> None:
         self._lines.append(line)
-        if self._scheduled:
-            if len(self._lines) >= MAX_BUFFERED_LINES:
-                self.flush()
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        self._scheduled = True
+        if self._scheduled is loop:
+            if len(self._lines) >= MAX_BUFFERED_LINES:
+                self.flush()
+            return
+        # A flush scheduled on a loop that has ended never runs: this loop takes over.
+        self._scheduled = loop
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         if not self._lines:
             return
         text = "\n".join(self._lines) + "\n"
         self._lines.clear()
         self._stream.write(text)
         self._stream.flush()
+
+
+#: Every writer, for the one exit hook that writes what they still hold.
+_WRITERS: weakref.WeakSet[LineWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for writer in list(_WRITERS):
+        writer.flush()
 
 
 class _LineLogger:
