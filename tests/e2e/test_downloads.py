@@ -405,6 +405,55 @@ async def test_client_disconnect_records_abort_and_settles_bytes_sent(srv: Serve
     assert user["used"]["bytes"] == record.bytes_sent
 
 
+async def test_a_client_that_hangs_up_after_the_last_byte_leaves_a_completed_record(
+    srv: Server,
+) -> None:
+    """Settling a finished download survives the client closing at once (curl does): the
+    handler is cancelled mid-settlement, the record still ends completed, quota settled."""
+    async with srv.http.put(
+        f"{srv.url}/api/v1/organizations/acme/download-policy",
+        json={"quota": {"user": {"bytes": 10**12, "downloads": None, "window": "day"}}},
+        headers=srv.auth("ada"),
+    ) as response:
+        assert response.status == 200
+    usage = srv.core.downloads._usage
+    real_settle = usage.settle
+
+    async def slow_settle(reservation_id: str, bytes_sent: int) -> bool:
+        await asyncio.sleep(0.3)  # the client is gone before this returns
+        return await real_settle(reservation_id, bytes_sent)
+
+    usage.settle = slow_settle  # type: ignore[method-assign]
+    url = URL(srv.download_url(srv.public))
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        (
+            f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Authorization: Bearer {srv.keys['mark']}\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    download_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-download-id:")
+    )
+    assert await reader.readexactly(len(PENGUINS)) == PENGUINS
+    writer.close()
+    for _ in range(100):
+        record = await srv.core.audit_log.get(download_id)
+        if record.status.value != "started":
+            break
+        await asyncio.sleep(0.05)
+    assert (record.status.value, record.bytes_sent) == ("completed", len(PENGUINS))
+    async with srv.http.get(f"{srv.url}/api/v1/me/quota", headers=srv.auth("mark")) as response:
+        quotas = (await response.json())["quotas"]
+    user = next(q for q in quotas if q["subject"] == "user" and q["organization"] == "acme")
+    assert user["used"]["bytes"] == len(PENGUINS)
+
+
 async def test_converted_format_downloads_and_resumes(srv: Server) -> None:
     """A converted format carries Content-Length and ETag and serves ranges of the same bytes."""
     url = srv.download_url(srv.penguins) + "?format=jsonl"

@@ -195,6 +195,43 @@ def test_curl_range_fetches_the_first_hundred_bytes(world: World, tmp_path: Path
     assert out.read_bytes() == world.big.data[:100]
 
 
+def test_curl_full_download_is_recorded_completed(world: World, tmp_path: Path) -> None:
+    """curl hangs up as soon as it has the last byte; the record still ends completed.
+
+    A quota on the dataset makes every download settle its reservation in the database
+    after the last byte, which is when curl has already gone.
+    """
+    policy = f"{API}/datasets/{world.penguins.id}/download-policy"
+    quota = {"quota": {"user": {"bytes": 10**12, "downloads": None, "window": "day"}}}
+    reply = world.server.request("PUT", policy, json_body=quota)
+    assert reply.status == 200, reply.body
+    try:
+        _download_with_curl_five_times(world, tmp_path)
+    finally:
+        cleared = world.server.request("PUT", policy, json_body={})
+        assert cleared.status == 200, cleared.body
+
+
+def _download_with_curl_five_times(world: World, tmp_path: Path) -> None:
+    for attempt in range(5):
+        out = tmp_path / f"penguins-{attempt}.csv"
+        result = _curl(
+            world, "-D", "-", "-o", str(out), world.server.download_url(world.penguins.id)
+        )
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes() == world.penguins.data
+        download_id = _headers(result.stdout)["x-download-id"]
+        deadline = time.monotonic() + 10
+        while True:
+            found = list(world.server.history(world.penguins.id, limit=50))
+            record = next((r for r in found if r["id"] == download_id), None)
+            if (record and record["status"] != "started") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert record is not None, found
+        assert (record["status"], record["bytes_sent"]) == ("completed", len(PENGUINS))
+
+
 def _interrupt_then_resume(world: World, url: str, out: Path) -> tuple[int, int]:
     """Cut a rate-limited curl transfer with --max-time, then finish it with ``-C -``.
 

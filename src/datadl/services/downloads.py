@@ -368,7 +368,10 @@ class Download:
         if self._finished:
             return
         self._finished = True
-        await self._service._settle(self, status, error)
+        # Shielded: a client that hangs up as soon as it has the last byte cancels the
+        # handler while the download settles; the settlement (quota, final record) must
+        # still run to its end, or the record would stay ``started`` for good.
+        await asyncio.shield(self._service._settle(self, status, error))
 
     async def aclose(self) -> None:
         """Settle the download as aborted if its body was not sent to the end."""
