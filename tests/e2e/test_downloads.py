@@ -454,6 +454,53 @@ async def test_a_client_that_hangs_up_after_the_last_byte_leaves_a_completed_rec
     assert user["used"]["bytes"] == len(PENGUINS)
 
 
+async def test_a_client_gone_before_the_first_byte_is_recorded_and_charged_nothing(
+    srv: Server,
+) -> None:
+    """Hanging up while the server prepares the download (after its quota reservation)
+    undoes the reservation and leaves one aborted record with no bytes."""
+    async with srv.http.put(
+        f"{srv.url}/api/v1/organizations/acme/download-policy",
+        json={"quota": {"user": {"bytes": 10**12, "downloads": None, "window": "day"}}},
+        headers=srv.auth("ada"),
+    ) as response:
+        assert response.status == 200
+    catalog = srv.core.downloads._catalog
+    real_count = catalog.increment_download_count
+    waiting = asyncio.Event()
+
+    async def slow_count(dataset_id: str) -> None:
+        waiting.set()
+        await asyncio.sleep(0.5)  # the client hangs up meanwhile
+        await real_count(dataset_id)
+
+    catalog.increment_download_count = slow_count  # type: ignore[method-assign]
+    url = URL(srv.download_url(srv.public))
+    _reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        (
+            f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Authorization: Bearer {srv.keys['mark']}\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    await asyncio.wait_for(waiting.wait(), 5)
+    writer.close()
+    for _ in range(100):
+        records = await srv.core.audit.history(
+            await srv.core.accounts.principal_for("olivia"), srv.public.id
+        )
+        if records.items:
+            break
+        await asyncio.sleep(0.05)
+    (record,) = records.items
+    assert (record.status.value, record.bytes_sent) == ("aborted", 0)
+    async with srv.http.get(f"{srv.url}/api/v1/me/quota", headers=srv.auth("mark")) as response:
+        quotas = (await response.json())["quotas"]
+    user = next(q for q in quotas if q["subject"] == "user" and q["organization"] == "acme")
+    assert user["used"]["bytes"] == 0
+
+
 async def test_converted_format_downloads_and_resumes(srv: Server) -> None:
     """A converted format carries Content-Length and ETag and serves ranges of the same bytes."""
     url = srv.download_url(srv.penguins) + "?format=jsonl"

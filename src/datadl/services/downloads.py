@@ -669,25 +669,37 @@ class DownloadService:
                 error = quota_denial(reserved, now).error()
                 error.extra["ratelimit"] = rate_headers
                 raise await refuse(error, number)
-        if claims is not None:
-            use = await self._usage.use_token(
-                claims.token_id,
-                key,
-                max_uses=claims.max_uses,
-                now=now,
-                idle_seconds=SESSION_IDLE_SECONDS,
-                expires_at=claims.expires_at,
+        try:
+            if claims is not None:
+                use = await self._usage.use_token(
+                    claims.token_id,
+                    key,
+                    max_uses=claims.max_uses,
+                    now=now,
+                    idle_seconds=SESSION_IDLE_SECONDS,
+                    expires_at=claims.expires_at,
+                )
+                if not use.allowed:
+                    raise await refuse(token_exhausted(claims.max_uses or 0).error(), number)
+            if logical:
+                await self._catalog.increment_download_count(dataset.id)
+            download._reservation = reservation
+            download._record = await self._start_record(
+                dataset, version, ask, channel, downloader, context, now, payload, key, logical
             )
-            if not use.allowed:
-                if reservation is not None:
-                    await self._usage.settle(reservation.id, 0)
-                raise await refuse(token_exhausted(claims.max_uses or 0).error(), number)
-        if logical:
-            await self._catalog.increment_download_count(dataset.id)
-        download._reservation = reservation
-        download._record = await self._start_record(
-            dataset, version, ask, channel, downloader, context, now, payload, key, logical
-        )
+        except BaseException as exc:
+            # Nothing was sent: whatever stopped the download here (a refusal, a store, a
+            # client gone while it waited), its reservation is undone, not left to expire,
+            # and a client that left is on record like any other attempt.
+            if reservation is not None:
+                await asyncio.shield(self._usage.settle(reservation.id, 0))
+            if download._record is None and isinstance(exc, asyncio.CancelledError):
+                await asyncio.shield(
+                    self._record_gone(
+                        dataset, version, ask, channel, downloader, context, now, payload, key
+                    )
+                )
+            raise
         self._active[download._record.id] = download
         # The started record is the first progress: the next write waits PROGRESS_INTERVAL,
         # so a short download (a range) writes its record twice, not three times.
@@ -724,6 +736,31 @@ class DownloadService:
         )
         await self._audit.append(record)
         return record
+
+    async def _record_gone(
+        self,
+        dataset: Dataset,
+        version: DatasetVersion,
+        ask: DownloadAsk,
+        channel: Channel,
+        downloader: str,
+        context: dict[str, str | None],
+        now: datetime,
+        payload: int,
+        key: str,
+    ) -> None:
+        """Record an attempt whose client left before its first byte: aborted, 0 bytes."""
+        record = await self._start_record(
+            dataset, version, ask, channel, downloader, context, now, payload, key, False
+        )
+        await self._audit.update(
+            record.finished(
+                DownloadStatus.ABORTED,
+                bytes_sent=0,
+                now=self._clock.now(),
+                reason="the client left before the first byte",
+            )
+        )
 
     async def _check_stored(
         self, dataset: Dataset, version: DatasetVersion, rep: Representation
