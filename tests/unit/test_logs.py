@@ -112,3 +112,43 @@ def test_lines_left_by_an_ended_loop_are_written_with_the_next_one() -> None:
     assert stream.getvalue() == ""
     writer.write_line("after it")
     assert stream.getvalue().splitlines() == ["in the loop", "after it"]
+
+
+def test_the_access_line_is_what_the_processors_would_render() -> None:
+    """The access log's direct rendering equals structlog's chain for the same event."""
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    try:
+        fields = {"request_id": "r1", "status": 200, "path": "/é\n", "bytes": None}
+        access_log().info("http_request", **fields)
+        structlog.get_logger().info("http_request", **fields)
+    finally:
+        structlog.reset_defaults()
+    direct, chained = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(direct) == list(chained)
+    del direct["timestamp"], chained["timestamp"]
+    assert direct == chained
+
+
+def test_above_info_the_access_log_writes_nothing() -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream, level="warning")
+    try:
+        access_log().info("http_request", status=200)
+        structlog.get_logger().warning("kept")
+    finally:
+        structlog.reset_defaults()
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["kept"]
+
+
+def test_captured_logs_see_the_access_events_after_configure_logging() -> None:
+    """Another configuration (structlog's capture) takes the access events over."""
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    try:
+        with capture_logs() as logs:
+            access_log().info("http_request", status=204)
+    finally:
+        structlog.reset_defaults()
+    assert [(e["event"], e["status"]) for e in logs] == [("http_request", 204)]
+    assert stream.getvalue() == ""

@@ -75,10 +75,10 @@ class _LineLogger:
     """The structlog logger over a ``LineWriter``: every level writes the rendered line."""
 
     def __init__(self, writer: LineWriter) -> None:
-        self._writer = writer
+        self.writer = writer
 
     def msg(self, message: str) -> None:
-        self._writer.write_line(message)
+        self.writer.write_line(message)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -123,8 +123,8 @@ def _dumps(event: Any, **_: Any) -> str:
     return _ENCODER.encode(event)
 
 
-#: The access log's logger and the factory it was built with (see ``access_log``).
-_access: tuple[Any, Any] | None = None
+#: The access log's logger, and the renderer and factory it stands for (``access_log``).
+_access: tuple[Any, Any, Any] | None = None
 
 
 def configure_logging(*, stream: TextIO | None = None, level: str = "info") -> None:
@@ -134,38 +134,66 @@ def configure_logging(*, stream: TextIO | None = None, level: str = "info") -> N
     configures logging.
     """
     global _access
-    wrapper = structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()])
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    wrapper = structlog.make_filtering_bound_logger(threshold)
     factory = _LineLoggerFactory(stream or sys.stderr)
     timestamp = _UtcTimestamp()
     render = structlog.processors.JSONRenderer(serializer=_dumps)
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        timestamp,
+        structlog.processors.format_exc_info,
+        render,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            timestamp,
-            structlog.processors.format_exc_info,
-            render,
-        ],
+        processors=processors,
         wrapper_class=wrapper,
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )
-    # The access log writes a line per request, so its logger is built once, with only
-    # what its events need: they carry every field themselves and never an exception.
-    access = structlog.wrap_logger(
-        factory(),
-        processors=[structlog.processors.add_log_level, timestamp, render],
-        wrapper_class=wrapper,
-    )
-    _access = (access, factory)
+    # The access log writes a line per request: its lines are rendered directly, the same
+    # JSON the processors above make of such an event (see ``_AccessLine``).
+    access = _AccessLine(factory().writer, timestamp, enabled=threshold <= logging.INFO)
+    _access = (access, render, factory)
+
+
+class _AccessLine:
+    """Writes ``http_request`` events as the configured processors would render them.
+
+    An access event carries every field itself (no bound context) and never an exception,
+    so of the processors only the level and the timestamp apply; rendering it directly
+    skips a bound logger, a context copy and the processor calls. Measured with
+    ``valgrind --tool=callgrind``, the structlog call cost about 100,000 instructions per
+    request, a fifth of a cached metadata GET; this path a fraction of that.
+    """
+
+    def __init__(self, writer: LineWriter, timestamp: _UtcTimestamp, *, enabled: bool) -> None:
+        self._writer = writer
+        self._timestamp = timestamp
+        self._enabled = enabled
+
+    def info(self, event: str, **fields: Any) -> None:
+        if not self._enabled:
+            return
+        fields["event"] = event
+        fields["level"] = "info"
+        self._timestamp(None, "info", fields)
+        self._writer.write_line(_ENCODER.encode(fields))
 
 
 def access_log() -> Any:
-    """The logger of ``http_request`` events.
+    """The logger of ``http_request`` events (it has ``info``).
 
     The one ``configure_logging`` built, while structlog is still configured by it;
-    otherwise structlog's current default (an embedding application, tests).
+    otherwise structlog's current configuration (an embedding application, tests that
+    capture logs).
     """
-    if _access is not None and structlog.get_config()["logger_factory"] is _access[1]:
-        return _access[0]
+    if _access is not None:
+        config = structlog.get_config()
+        # Ours while our renderer ends the chain (a capture replaces it in place) and our
+        # factory makes the loggers.
+        processors = config["processors"]
+        if processors and processors[-1] is _access[1] and config["logger_factory"] is _access[2]:
+            return _access[0]
     return structlog.get_logger("datadl.access")
