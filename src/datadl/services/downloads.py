@@ -617,22 +617,50 @@ class DownloadService:
         if ask.head:
             download._finished = True
             return download
+        found: DatasetVersion = version
+
+        async def start_record(
+            payload: int = 0, key: str | None = None, logical: bool = False
+        ) -> DownloadRecord:
+            """Append this attempt's ``started`` record."""
+            record = DownloadRecord(
+                id=self._entropy.new_id(),
+                dataset_id=dataset.id,
+                organization_id=dataset.organization_id,
+                version=found.number,
+                format=ask.format,
+                status=DownloadStatus.STARTED,
+                channel=channel,
+                started_at=now,
+                downloader=downloader,
+                bytes_expected=payload,
+                session_key=key,
+                logical=logical,
+                **context,  # type: ignore[arg-type]
+            )
+            await self._audit.append(record)
+            return record
+
+        async def record_unsent(
+            status: DownloadStatus,
+            reason: str,
+            at: datetime,
+            payload: int = 0,
+            key: str | None = None,
+        ) -> None:
+            """Record this attempt as ended at ``at`` with nothing sent."""
+            record = await start_record(payload, key)
+            await self._audit.update(record.finished(status, bytes_sent=0, now=at, reason=reason))
+
         if status == 304:
             # Nothing leaves, so nothing is reserved; the attempt is still on record.
-            download._record = await self._start_record(
-                dataset, version, ask, channel, downloader, context, now, 0, None, False
-            )
+            download._record = await start_record()
             await download._finish(DownloadStatus.COMPLETED)
             return download
         try:
             await self._check_stored(dataset, version, rep)
         except DatadlError as exc:
-            failed = await self._start_record(
-                dataset, version, ask, channel, downloader, context, now, 0, None, False
-            )
-            await self._audit.update(
-                failed.finished(DownloadStatus.FAILED, bytes_sent=0, now=now, reason=_reason(exc))
-            )
+            await record_unsent(DownloadStatus.FAILED, _reason(exc), now)
             raise
 
         key = session_key(
@@ -684,9 +712,7 @@ class DownloadService:
             if logical:
                 await self._catalog.increment_download_count(dataset.id)
             download._reservation = reservation
-            download._record = await self._start_record(
-                dataset, version, ask, channel, downloader, context, now, payload, key, logical
-            )
+            download._record = await start_record(payload, key, logical)
         except BaseException as exc:
             # Nothing was sent: whatever stopped the download here (a refusal, a store, a
             # client gone while it waited), its reservation is undone, not left to expire,
@@ -694,73 +720,14 @@ class DownloadService:
             if reservation is not None:
                 await asyncio.shield(self._usage.settle(reservation.id, 0))
             if download._record is None and isinstance(exc, asyncio.CancelledError):
-                await asyncio.shield(
-                    self._record_gone(
-                        dataset, version, ask, channel, downloader, context, now, payload, key
-                    )
-                )
+                gone = "the client left before the first byte"
+                await asyncio.shield(record_unsent(DownloadStatus.ABORTED, gone, self._clock.now()))
             raise
         self._active[download._record.id] = download
         # The started record is the first progress: the next write waits PROGRESS_INTERVAL,
         # so a short download (a range) writes its record twice, not three times.
         self._last_progress[download._record.id] = now
         return download
-
-    async def _start_record(
-        self,
-        dataset: Dataset,
-        version: DatasetVersion,
-        ask: DownloadAsk,
-        channel: Channel,
-        downloader: str,
-        context: dict[str, str | None],
-        now: datetime,
-        payload: int,
-        key: str | None,
-        logical: bool,
-    ) -> DownloadRecord:
-        record = DownloadRecord(
-            id=self._entropy.new_id(),
-            dataset_id=dataset.id,
-            organization_id=dataset.organization_id,
-            version=version.number,
-            format=ask.format,
-            status=DownloadStatus.STARTED,
-            channel=channel,
-            started_at=now,
-            downloader=downloader,
-            bytes_expected=payload,
-            session_key=key,
-            logical=logical,
-            **context,  # type: ignore[arg-type]
-        )
-        await self._audit.append(record)
-        return record
-
-    async def _record_gone(
-        self,
-        dataset: Dataset,
-        version: DatasetVersion,
-        ask: DownloadAsk,
-        channel: Channel,
-        downloader: str,
-        context: dict[str, str | None],
-        now: datetime,
-        payload: int,
-        key: str,
-    ) -> None:
-        """Record an attempt whose client left before its first byte: aborted, 0 bytes."""
-        record = await self._start_record(
-            dataset, version, ask, channel, downloader, context, now, payload, key, False
-        )
-        await self._audit.update(
-            record.finished(
-                DownloadStatus.ABORTED,
-                bytes_sent=0,
-                now=self._clock.now(),
-                reason="the client left before the first byte",
-            )
-        )
 
     async def _check_stored(
         self, dataset: Dataset, version: DatasetVersion, rep: Representation
