@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,12 @@ import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 import datadl
 from datadl.adapters.storage import FsspecBlobStore
 from datadl.adapters.system import FixedClock, StaticKeyRing
+from datadl.domain.accounting import DownloadRecord, DownloadStatus
 from datadl.domain.model import Dataset, Role, Scope, Visibility
 from datadl.domain.tokens import SigningKey
 from datadl.entrypoints.web import create_app
@@ -140,3 +144,82 @@ async def running(app: web.Application) -> AsyncIterator[tuple[str, aiohttp.Clie
     finally:
         await http.close()
         await server.close()
+
+
+# --- a raw HTTP/1.1 client, for tests that hang up or stall on purpose ----------------------
+
+
+@attrs.define
+class RawDownload:
+    """A download request on a connection of its own, its response head read."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    head: bytes
+    download_id: str
+
+
+async def raw_connection(
+    url: URL, *, small_buffer: bool = False
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``url``'s server; ``small_buffer`` makes it a slow reader's (4 KiB)."""
+    if not small_buffer:
+        return await asyncio.open_connection(url.host, url.port)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
+    return await asyncio.open_connection(sock=sock, limit=4096)
+
+
+def raw_get(url: URL, headers: Mapping[str, str] | None = None) -> bytes:
+    """The bytes of a GET of ``url`` with ``headers``."""
+    lines = [f"GET {url.path} HTTP/1.1", f"Host: {url.host}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def start_raw_download(
+    url: URL, headers: Mapping[str, str] | None = None, *, small_buffer: bool = False
+) -> RawDownload:
+    """Send a GET of ``url`` and read the response head and its ``X-Download-Id``."""
+    reader, writer = await raw_connection(url, small_buffer=small_buffer)
+    writer.write(raw_get(url, headers))
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    download_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-download-id:")
+    )
+    return RawDownload(reader, writer, head, download_id)
+
+
+async def settled_record(
+    srv: Server, download_id: str, *, tries: int = 100, pause: float = 0.05
+) -> DownloadRecord:
+    """The download's record once it is no longer ``started`` (or the last one seen)."""
+    for _ in range(tries):
+        record = await srv.core.audit_log.get(download_id)
+        if record.status is not DownloadStatus.STARTED:
+            break
+        await asyncio.sleep(pause)
+    return record
+
+
+async def give_users_a_quota(srv: Server) -> None:
+    """A user quota on acme too large to refuse anything: every download reserves bytes."""
+    async with srv.http.put(
+        f"{srv.url}/api/v1/organizations/acme/download-policy",
+        json={"quota": {"user": {"bytes": 10**12, "downloads": None, "window": "day"}}},
+        headers=srv.auth("ada"),
+    ) as response:
+        assert response.status == 200
+
+
+async def user_bytes_used(srv: Server, who: str) -> int:
+    """The bytes a user has used of acme's user quota (GET /me/quota)."""
+    async with srv.http.get(f"{srv.url}/api/v1/me/quota", headers=srv.auth(who)) as response:
+        quotas = (await response.json())["quotas"]
+    user = next(q for q in quotas if q["subject"] == "user" and q["organization"] == "acme")
+    return int(user["used"]["bytes"])

@@ -18,7 +18,17 @@ from yarl import URL
 from datadl.domain.model import Visibility
 from datadl.entrypoints.web import WebConfig, create_app
 from datadl.entrypoints.web.downloads import content_disposition
-from tests.e2e.conftest import PENGUINS, Server, running
+from tests.e2e.conftest import (
+    PENGUINS,
+    Server,
+    give_users_a_quota,
+    raw_connection,
+    raw_get,
+    running,
+    settled_record,
+    start_raw_download,
+    user_bytes_used,
+)
 
 SIZE = len(PENGUINS)
 VOLATILE = {"date", "x-request-id", "x-download-id", "server"}
@@ -364,45 +374,19 @@ async def test_rate_limit_fields_and_429_rate_limited(srv: Server) -> None:
 
 async def test_client_disconnect_records_abort_and_settles_bytes_sent(srv: Server) -> None:
     """A client that hangs up mid-stream leaves an aborted record; the quota holds its bytes."""
-    async with srv.http.put(
-        f"{srv.url}/api/v1/organizations/acme/download-policy",
-        json={"quota": {"user": {"bytes": 10**12, "downloads": None, "window": "day"}}},
-        headers=srv.auth("ada"),
-    ) as response:
-        assert response.status == 200
+    await give_users_a_quota(srv)
     big = b"a,b\n" + b"1234567,abcdefgh\n" * 3_000_000  # about 51 MB
     dataset = await srv.publish("olivia", big, filename="big.csv", visibility=Visibility.PUBLIC)
-    url = URL(srv.download_url(dataset))
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    writer.write(
-        (
-            f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n"
-            f"Authorization: Bearer {srv.keys['mark']}\r\n\r\n"
-        ).encode()
-    )
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    download_id = next(
-        line.split(b":", 1)[1].strip().decode()
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"x-download-id:")
-    )
-    await reader.readexactly(100_000)
-    sock = writer.get_extra_info("socket")
+    download = await start_raw_download(URL(srv.download_url(dataset)), srv.auth("mark"))
+    assert download.head.startswith(b"HTTP/1.1 200")
+    await download.reader.readexactly(100_000)
+    sock = download.writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    writer.close()
-    for _ in range(200):
-        record = await srv.core.audit_log.get(download_id)
-        if record.status.value != "started":
-            break
-        await asyncio.sleep(0.05)
+    download.writer.close()
+    record = await settled_record(srv, download.download_id, tries=200)
     assert record.status.value == "aborted"
     assert 100_000 <= record.bytes_sent < len(big)
-    async with srv.http.get(f"{srv.url}/api/v1/me/quota", headers=srv.auth("mark")) as response:
-        quotas = (await response.json())["quotas"]
-    user = next(q for q in quotas if q["subject"] == "user" and q["organization"] == "acme")
-    assert user["used"]["bytes"] == record.bytes_sent
+    assert await user_bytes_used(srv, "mark") == record.bytes_sent
 
 
 async def test_a_client_that_hangs_up_after_the_last_byte_leaves_a_completed_record(
@@ -410,12 +394,7 @@ async def test_a_client_that_hangs_up_after_the_last_byte_leaves_a_completed_rec
 ) -> None:
     """Settling a finished download survives the client closing at once (curl does): the
     handler is cancelled mid-settlement, the record still ends completed, quota settled."""
-    async with srv.http.put(
-        f"{srv.url}/api/v1/organizations/acme/download-policy",
-        json={"quota": {"user": {"bytes": 10**12, "downloads": None, "window": "day"}}},
-        headers=srv.auth("ada"),
-    ) as response:
-        assert response.status == 200
+    await give_users_a_quota(srv)
     usage = srv.core.downloads._usage
     real_settle = usage.settle
 
@@ -424,34 +403,13 @@ async def test_a_client_that_hangs_up_after_the_last_byte_leaves_a_completed_rec
         return await real_settle(reservation_id, bytes_sent)
 
     usage.settle = slow_settle  # type: ignore[method-assign]
-    url = URL(srv.download_url(srv.public))
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    writer.write(
-        (
-            f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n"
-            f"Authorization: Bearer {srv.keys['mark']}\r\n\r\n"
-        ).encode()
-    )
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    download_id = next(
-        line.split(b":", 1)[1].strip().decode()
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"x-download-id:")
-    )
-    assert await reader.readexactly(len(PENGUINS)) == PENGUINS
-    writer.close()
-    for _ in range(100):
-        record = await srv.core.audit_log.get(download_id)
-        if record.status.value != "started":
-            break
-        await asyncio.sleep(0.05)
+    download = await start_raw_download(URL(srv.download_url(srv.public)), srv.auth("mark"))
+    assert download.head.startswith(b"HTTP/1.1 200")
+    assert await download.reader.readexactly(len(PENGUINS)) == PENGUINS
+    download.writer.close()
+    record = await settled_record(srv, download.download_id)
     assert (record.status.value, record.bytes_sent) == ("completed", len(PENGUINS))
-    async with srv.http.get(f"{srv.url}/api/v1/me/quota", headers=srv.auth("mark")) as response:
-        quotas = (await response.json())["quotas"]
-    user = next(q for q in quotas if q["subject"] == "user" and q["organization"] == "acme")
-    assert user["used"]["bytes"] == len(PENGUINS)
+    assert await user_bytes_used(srv, "mark") == len(PENGUINS)
 
 
 async def test_a_client_gone_before_the_first_byte_is_recorded_and_charged_nothing(
@@ -459,12 +417,7 @@ async def test_a_client_gone_before_the_first_byte_is_recorded_and_charged_nothi
 ) -> None:
     """Hanging up while the server prepares the download (after its quota reservation)
     undoes the reservation and leaves one aborted record with no bytes."""
-    async with srv.http.put(
-        f"{srv.url}/api/v1/organizations/acme/download-policy",
-        json={"quota": {"user": {"bytes": 10**12, "downloads": None, "window": "day"}}},
-        headers=srv.auth("ada"),
-    ) as response:
-        assert response.status == 200
+    await give_users_a_quota(srv)
     catalog = srv.core.downloads._catalog
     real_count = catalog.increment_download_count
     waiting = asyncio.Event()
@@ -476,13 +429,8 @@ async def test_a_client_gone_before_the_first_byte_is_recorded_and_charged_nothi
 
     catalog.increment_download_count = slow_count  # type: ignore[method-assign]
     url = URL(srv.download_url(srv.public))
-    _reader, writer = await asyncio.open_connection(url.host, url.port)
-    writer.write(
-        (
-            f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n"
-            f"Authorization: Bearer {srv.keys['mark']}\r\n\r\n"
-        ).encode()
-    )
+    _reader, writer = await raw_connection(url)
+    writer.write(raw_get(url, srv.auth("mark")))
     await writer.drain()
     await asyncio.wait_for(waiting.wait(), 5)
     writer.close()
@@ -495,10 +443,7 @@ async def test_a_client_gone_before_the_first_byte_is_recorded_and_charged_nothi
         await asyncio.sleep(0.05)
     (record,) = records.items
     assert (record.status.value, record.bytes_sent) == ("aborted", 0)
-    async with srv.http.get(f"{srv.url}/api/v1/me/quota", headers=srv.auth("mark")) as response:
-        quotas = (await response.json())["quotas"]
-    user = next(q for q in quotas if q["subject"] == "user" and q["organization"] == "acme")
-    assert user["used"]["bytes"] == 0
+    assert await user_bytes_used(srv, "mark") == 0
 
 
 async def test_converted_format_downloads_and_resumes(srv: Server) -> None:
@@ -586,31 +531,15 @@ async def test_silent_client_is_dropped_after_the_write_timeout(srv: Server) -> 
     app = create_app(srv.core, config=WebConfig(write_timeout=1.0))
     async with running(app) as (base, http):
         url = URL(f"{base}/api/v1/datasets/{dataset.id}/download")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        download = await start_raw_download(url, small_buffer=True)
         try:
-            writer.write(f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            download_id = next(
-                line.split(b":", 1)[1].strip().decode()
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"x-download-id:")
-            )
-            async with http.get(f"{base}/api/v1/downloads/{download_id}") as response:
+            async with http.get(f"{base}/api/v1/downloads/{download.download_id}") as response:
                 live = await response.json()
             assert live["status"] == "started"
             assert 0 < live["bytes_sent"] < len(big)
-            for _ in range(100):
-                record = await srv.core.audit_log.get(download_id)
-                if record.status.value != "started":
-                    break
-                await asyncio.sleep(0.1)
+            record = await settled_record(srv, download.download_id, pause=0.1)
         finally:
-            writer.close()
+            download.writer.close()
     assert record.status.value == "aborted"
     assert record.bytes_sent < len(big)
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import socket
 
 from yarl import URL
 
 from datadl.domain.model import Visibility
 from datadl.entrypoints.web import WebConfig, create_app
-from tests.e2e.conftest import Server, running
+from tests.e2e.conftest import Server, running, settled_record, start_raw_download
 
 BIG = b"a,b\n" + b"1234567,abcdefgh\n" * 3_000_000
 
@@ -36,30 +34,14 @@ async def test_a_stalled_ranged_download_settles_at_least_what_the_client_read(
     app = create_app(srv.core, config=WebConfig(write_timeout=1.0))
     async with running(app) as (base, _):
         url = URL(f"{base}/api/v1/datasets/{dataset.id}/download")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        request = f"GET {url.path} HTTP/1.1\r\nHost: {url.host}\r\nRange: bytes=10-\r\n\r\n"
-        writer.write(request.encode())
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 206")
-        download_id = next(
-            line.split(b":", 1)[1].strip().decode()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"x-download-id:")
-        )
+        download = await start_raw_download(url, {"Range": "bytes=10-"}, small_buffer=True)
+        reader, writer = download.reader, download.writer
+        assert download.head.startswith(b"HTTP/1.1 206")
         # More than the first sendfile slice (1 MiB), so that the stall hits a later one.
         got = 0
         while got < 3 * 1024 * 1024:
             got += len(await reader.read(65536))
-        for _ in range(100):
-            record = await srv.core.audit_log.get(download_id)
-            if record.status.value != "started":
-                break
-            await asyncio.sleep(0.1)
+        record = await settled_record(srv, download.download_id, pause=0.1)
         writer.close()
     assert record.status.value == "aborted"
     assert 0 < got <= record.bytes_sent < len(BIG) - 10
