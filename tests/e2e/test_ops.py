@@ -46,6 +46,21 @@ async def test_readyz_answers_503_when_storage_is_down(srv: Server) -> None:
     assert "10.0.0.1" not in text
 
 
+async def test_request_metrics_count_by_route_and_bound_the_method_label(srv: Server) -> None:
+    """Requests count by method, route and status; a method outside the usual ones (HTTP
+    parsers know dozens, WebDAV's among them) counts as OTHER, so clients cannot grow the
+    metrics with every method they try."""
+    for method in ("GET", "GET", "PROPFIND", "PURGE"):
+        async with srv.http.request(method, f"{srv.url}/healthz") as r:
+            await r.read()
+    async with srv.http.get(f"{srv.url}/metrics") as response:
+        text = await response.text()
+    assert 'datadl_http_requests_total{method="GET",route="/healthz",status="200"} 2.0' in text
+    assert 'method="OTHER",route="unmatched",status="405"} 2.0' in text
+    assert "PROPFIND" not in text and "PURGE" not in text
+    assert 'datadl_http_request_duration_seconds_count{route="/healthz"} 2.0' in text
+
+
 async def test_metrics_count_downloads_bytes_and_denials(srv: Server) -> None:
     """/metrics reports downloads and bytes by status and format, denials by code."""
     async with srv.http.get(srv.download_url(srv.penguins), headers=srv.auth("mark")) as r:
