@@ -92,10 +92,14 @@ def is_org_admin(principal: Principal, organization_id: str) -> bool:
 
 
 def can_administer(principal: Principal, dataset: Dataset) -> bool:
-    """Owners and organisation admins may change, share and delete a dataset."""
-    if principal.user_id is None:
-        return False
-    return principal.user_id == dataset.owner_id or is_org_admin(principal, dataset.organization_id)
+    """Owners and organisation admins may change, share and delete a dataset.
+
+    An admin needs no user of its own: the command line's operator administers every
+    organisation without being a user. Anonymous and token principals have no
+    memberships, so they administer nothing.
+    """
+    owner = principal.user_id is not None and principal.user_id == dataset.owner_id
+    return owner or is_org_admin(principal, dataset.organization_id)
 
 
 def _granted(principal: Principal, grants: Iterable[Grant], now: datetime) -> set[Permission]:

@@ -466,20 +466,10 @@ async def _dataset_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _dataset_owner(app: Datadl, dataset_id: str) -> Principal:
-    """The principal of the dataset's owner, whom the dataset commands act as.
-
-    The operator has no user, and only a user (the owner or an organisation admin) may
-    administer a dataset; the owner always may, even after leaving the organisation.
-    """
-    dataset = await app.catalog.get_dataset(dataset_id)
-    return await app.accounts.principal_for(dataset.owner_id)
-
-
 async def _dataset_delete(settings: Settings, args: argparse.Namespace) -> int:
     async with _opened(settings) as app:
-        owner = await _dataset_owner(app, args.dataset_id)
-        await app.datasets.delete(owner, args.dataset_id)
+        operator = await operator_principal(app)
+        await app.datasets.delete(operator, args.dataset_id)
         data = await _dataset_json(app, await app.catalog.get_dataset(args.dataset_id))
     _emit(
         args,
@@ -522,8 +512,8 @@ async def _policy_show(settings: Settings, args: argparse.Namespace) -> int:
     async with _opened(settings) as app:
         if args.dataset is not None:
             # The body of GET /api/v1/datasets/{id}/download-policy.
-            owner = await _dataset_owner(app, args.dataset)
-            own, effective = await app.datasets.dataset_policy(owner, args.dataset)
+            operator = await operator_principal(app)
+            own, effective = await app.datasets.dataset_policy(operator, args.dataset)
             body = policy_json(own) if own is not None else {}
             body["effective"] = policy_json(effective)
         else:
@@ -543,8 +533,8 @@ async def _policy_set(settings: Settings, args: argparse.Namespace) -> int:
             await _json_file(args.file, "a dataset's policy, or null", allow_null=True)
         )
         async with _opened(settings) as app:
-            owner = await _dataset_owner(app, args.dataset)
-            effective = await app.datasets.set_dataset_policy(owner, args.dataset, override)
+            operator = await operator_principal(app)
+            effective = await app.datasets.set_dataset_policy(operator, args.dataset, override)
         # The body of PUT /api/v1/datasets/{id}/download-policy.
         body = policy_json(override) if override is not None else {}
         body["effective"] = policy_json(effective)

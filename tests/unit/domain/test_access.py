@@ -16,7 +16,7 @@ from datadl.domain.access import (
     can_view,
     is_org_admin,
 )
-from datadl.domain.model import Dataset, Grant, Permission, Role, Scope, Visibility
+from datadl.domain.model import Dataset, Grant, Membership, Permission, Role, Scope, Visibility
 from tests.unit.domain.strategies import (
     NOW,
     ORG,
@@ -196,6 +196,15 @@ def test_grants_may_be_a_one_shot_iterator() -> None:
 def test_can_administer(who: str, expected: bool) -> None:
     """Only the owner and admins of the dataset's organisation administer it."""
     assert can_administer(CAST[who], make_dataset(Visibility.PUBLIC)) is expected
+
+
+def test_an_admin_without_a_user_administers_its_organisations_datasets() -> None:
+    """The operator (admin memberships, no user) administers; a bare token principal not."""
+    operator = Principal(user_id=None, memberships=(Membership(ORG, "operator", Role.ADMIN),))
+    assert can_administer(operator, make_dataset(Visibility.PRIVATE))
+    assert not can_administer(Principal(user_id=None), make_dataset(Visibility.PRIVATE))
+    stranger = Principal(user_id=None, memberships=(Membership(OTHER_ORG, "operator", Role.ADMIN),))
+    assert not can_administer(stranger, make_dataset(Visibility.PRIVATE))
 
 
 def test_download_grant_does_not_make_an_administrator() -> None:
