@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+import datadl
+from datadl.adapters.memory import MemoryBlobStore
 from datadl.domain.policy import DownloadPolicy
 from datadl.services.datasets import DatasetFacts
 from datadl.services.downloads import DownloadAsk
@@ -14,8 +16,6 @@ from tests.unit.services.test_downloads import fetch, publish
 
 async def test_cleanup_removes_expired_and_deleted_things_only(world: World) -> None:
     """Expired tokens, old audit rows, deleted datasets and surplus versions go; the rest stays."""
-    import datadl
-
     app = datadl.bootstrap(
         catalog=world.app.catalog,
         blobs=world.app.blobs,
@@ -60,7 +60,6 @@ async def test_cleanup_removes_expired_and_deleted_things_only(world: World) -> 
 
 async def test_cleanup_purges_writes_left_unfinished_for_a_day(world: World) -> None:
     """Cleanup asks the blob store to drop staged bytes of writes begun over a day ago."""
-    import datadl
 
     class Staging:
         """A blob store whose unfinished writes began at known times."""
@@ -94,18 +93,7 @@ async def test_cleanup_purges_writes_left_unfinished_for_a_day(world: World) -> 
 
 async def test_cleanup_removes_derived_files_no_live_version_needs(world: World) -> None:
     """Conversions of deleted content and of another engine version go; live ones stay."""
-    import datadl
-    from datadl.adapters.memory import MemoryBlobStore
-
-    blobs = MemoryBlobStore(clock=world.clock.now)
-    app = datadl.bootstrap(
-        catalog=world.app.catalog,
-        blobs=blobs,
-        audit_log=world.app.audit_log,
-        usage=world.app.usage,
-        clock=world.clock,
-        keys=world.app.keys,
-    )
+    blobs, app = _with_own_blobs(world)
 
     async def publish_here(slug: str, body: bytes) -> str:
         facts = DatasetFacts(organization="acme", filename=f"{slug}.csv", slug=slug)
@@ -147,18 +135,7 @@ async def fetch_with(app: object, world: World, ask: DownloadAsk) -> tuple[int, 
 
 async def test_cleanup_removes_a_conversion_that_lost_a_race(world: World) -> None:
     """Of two copies of one conversion, the one its pointer does not name goes; the other stays."""
-    import datadl
-    from datadl.adapters.memory import MemoryBlobStore
-
-    blobs = MemoryBlobStore(clock=world.clock.now)
-    app = datadl.bootstrap(
-        catalog=world.app.catalog,
-        blobs=blobs,
-        audit_log=world.app.audit_log,
-        usage=world.app.usage,
-        clock=world.clock,
-        keys=world.app.keys,
-    )
+    blobs, app = _with_own_blobs(world)
     facts = DatasetFacts(organization="acme", filename="race.csv", slug="race")
     dataset = await app.datasets.publish(world.owner, facts, chunks(b"a,b\n1,2\n"))
     await fetch_with(app, world, DownloadAsk(dataset.id, format="jsonl"))
@@ -175,3 +152,17 @@ async def test_cleanup_removes_a_conversion_that_lost_a_race(world: World) -> No
     status, body, _ = await fetch_with(app, world, DownloadAsk(dataset.id, format="jsonl"))
     assert status == 200
     assert [json.loads(line) for line in body.splitlines()] == [{"a": 1, "b": 2}]
+
+
+def _with_own_blobs(world: World) -> tuple[MemoryBlobStore, datadl.Datadl]:
+    """The world's catalogue, audit log and usage over a blob store of the test's own."""
+    blobs = MemoryBlobStore(clock=world.clock.now)
+    app = datadl.bootstrap(
+        catalog=world.app.catalog,
+        blobs=blobs,
+        audit_log=world.app.audit_log,
+        usage=world.app.usage,
+        clock=world.clock,
+        keys=world.app.keys,
+    )
+    return blobs, app

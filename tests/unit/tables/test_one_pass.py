@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,9 +17,10 @@ from datadl.adapters.tables import ArrowTableEngine, _csv
 from datadl.adapters.tables._plan import Ahead, Regroup, rechunk
 from datadl.adapters.tables._writers import Emit, dictionary_columns, write_parquet
 from datadl.adapters.tables.engine import _WriteAhead
-from datadl.domain.model import DatasetFile, FileFormat
+from datadl.domain.model import FileFormat
 from datadl.domain.tables import TableProfile
 from datadl.ports.tables import ConvertOptions
+from tests.contract.test_tables import stored
 
 #: More than one block of the reader (1 MiB), so that inference sees several batches.
 _MANY = 150_000
@@ -103,24 +103,6 @@ def test_regroup_cuts_the_same_batches_as_rechunk() -> None:
     assert pa.Table.from_batches(pushed).equals(pa.Table.from_batches(expected))
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
-async def _stored(blobs: MemoryBlobStore, data: bytes, fmt: FileFormat) -> DatasetFile:
-    sha = hashlib.sha256(data).hexdigest()
-    key = f"blobs/{sha}.{fmt}"
-    await blobs.write(key, _once(data))
-    return DatasetFile(
-        storage_key=key,
-        format=fmt,
-        size_bytes=len(data),
-        sha256=sha,
-        media_type=fmt.media_type,
-        filename=f"data.{fmt}",
-    )
-
-
 @pytest.mark.parametrize(
     ("name", "fmt"),
     [*((n, FileFormat.CSV) for n in (*_HELD, *_CHANGED)), ("tsv", FileFormat.TSV)],
@@ -136,7 +118,7 @@ def test_a_one_pass_profile_equals_the_two_pass_profile(name: str, fmt: FileForm
         engine = ArrowTableEngine(
             blobs, batch_rows=30_000, exact_distinct=1_000_000, exact_rows=50_000
         )
-        file = await _stored(blobs, data, fmt)
+        file = await stored(blobs, data, fmt)
         first = await engine.profile(file)  # no plan yet: one pass when types hold
         second = await engine.profile(file)  # plan remembered: the second pass alone
         return first, second
@@ -162,7 +144,7 @@ def test_a_one_pass_conversion_equals_the_two_pass_conversion(
     async def run() -> tuple[bytes, bytes]:
         blobs = MemoryBlobStore(chunk_size=1 << 16)
         engine = ArrowTableEngine(blobs, batch_rows=30_000, row_group_rows=40_000)
-        file = await _stored(blobs, data, FileFormat.CSV)
+        file = await stored(blobs, data, FileFormat.CSV)
         cold = b"".join([c async for c in engine.convert(file, target, ConvertOptions())])
         warm = b"".join([c async for c in engine.convert(file, target, ConvertOptions())])
         return cold, warm
